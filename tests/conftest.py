@@ -1,0 +1,30 @@
+"""Shared test fixtures: the rule for tests that need a real server.
+
+In CI (``CI=true``) a missing server FAILS the test; elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def require_server(name: str, port: int) -> None:
+    """Fail (in CI) or skip (locally) the calling test unless ``name`` listens on ``port``."""
+    if port_open(port):
+        return
+    reason = f"{name} is not running on 127.0.0.1:{port}"
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must have it: .ci/run starts it)", pytrace=False)
+    pytest.skip(f"{reason}; start it to run this test")
