@@ -28,3 +28,16 @@ def require_server(name: str, port: int) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI must have it: .ci/run starts it)", pytrace=False)
     pytest.skip(f"{reason}; start it to run this test")
+
+
+def require_binary(name: str, package: str) -> str:
+    """Path of executable ``name``; fail (in CI) or skip (locally) when it is not installed."""
+    import shutil
+
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if path:
+        return path
+    reason = f"{name} is not installed (Debian package {package})"
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must have it: .ci/run installs it)", pytrace=False)
+    pytest.skip(f"{reason}; install it to run this test")

@@ -35,6 +35,9 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None:
         """Suspend the calling task for ``seconds``."""
 
+    def sleep_blocking(self, seconds: float) -> None:
+        """Block the calling thread for ``seconds`` (for synchronous callers)."""
+
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` once after ``delay`` seconds."""
 
@@ -55,6 +58,10 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         """``asyncio.sleep``."""
         await asyncio.sleep(seconds)
+
+    def sleep_blocking(self, seconds: float) -> None:
+        """``time.sleep``."""
+        time.sleep(seconds)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Schedule on the running loop."""
@@ -122,6 +129,11 @@ class ManualClock:
         timer = _ManualTimer(self._now + max(delay, 0.0), callback)
         heapq.heappush(self._timers, (timer.deadline, next(self._sequence), timer))
         return timer
+
+    def sleep_blocking(self, seconds: float) -> None:
+        """Record the sleep and skip ahead at once (a blocking wait could never be advanced)."""
+        self.slept.append(seconds)
+        self.advance(max(seconds, 0.0))
 
     async def sleep(self, seconds: float) -> None:
         """Skip ahead (auto-advance) or wait for ``advance`` to pass the deadline."""
