@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
 
-.PHONY: bootstrap up test lint typecheck unit bench clean
+.PHONY: bootstrap up test lint typecheck unit bench bench-tools clean
 
 # Install uv with pip when missing, then sync the locked environment (all extras, dev + bench).
 bootstrap:
@@ -26,8 +26,14 @@ unit: bootstrap
 
 test: lint typecheck unit
 
-bench: bootstrap
-	$(RUN) python -m bench
+# Peers that are programs, not Python packages (nginx for the gateway, wrk for load).
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nginx-light; } || \
+		echo "bench: could not install wrk/nginx; the gateway benchmark will say what is missing"
+
+bench: bootstrap bench-tools
+	$(RUN) python -m bench $(BENCH)
 
 clean:
 	rm -rf .venv .mypy_cache .pytest_cache .ruff_cache

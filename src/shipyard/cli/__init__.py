@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shipyard.cli import up
+from shipyard.cli import registry, up
 
 # Each module contributes one sub-command through ``register(subparsers)``.
-_COMMANDS = (up,)
+_COMMANDS = (up, registry)
 
 
 def build_parser() -> argparse.ArgumentParser:

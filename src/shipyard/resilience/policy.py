@@ -19,7 +19,7 @@ import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -82,11 +82,15 @@ class Policy(ABC):
     ) -> Any:
         """Guard one synchronous invocation of ``inner(fn, args, kwargs)``."""
 
-    async def call(
-        self, fn: Callable[P, Awaitable[T]] | Callable[P, T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    @overload
+    async def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` under this policy; ``fn`` may be sync or async."""
-        return cast(T, await self._run_async(invoke_any, fn, args, kwargs))
+        return await self._run_async(invoke_any, fn, args, kwargs)
 
     def call_sync(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run the synchronous ``fn(*args, **kwargs)`` under this policy, blocking."""

@@ -1,0 +1,1 @@
+"""Shipyard benchmarks: each module compares us with named peers in the same run."""
