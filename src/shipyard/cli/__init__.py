@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shipyard.cli import registry, up
+from shipyard.cli import events, registry, up
 
 # Each module contributes one sub-command through ``register(subparsers)``.
-_COMMANDS = (up, registry)
+_COMMANDS = (up, registry, events)
 
 
 def build_parser() -> argparse.ArgumentParser:

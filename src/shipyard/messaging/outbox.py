@@ -1,0 +1,199 @@
+"""Transactional outbox: events are stored with the business change, then relayed.
+
+``await outbox.add(tx, event)`` inserts the encoded event in the caller's transaction, so
+the event exists exactly when the change it describes was committed. :class:`OutboxRelay`
+publishes unsent rows in order and marks them sent. A crash between publishing and marking
+republishes those rows (at-least-once; consumers deduplicate in their inbox). While the
+transport is down rows simply accumulate and drain when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from types import TracebackType
+
+from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError, get_logger, validation
+from shipyard.messaging.events import Event, EventRegistry, WireMessage
+from shipyard.messaging.schema import OUTBOX, install_schema
+from shipyard.messaging.transport import Transport
+from shipyard.resilience.backoff import backoff_delay
+from shipyard.storage import Database, Transaction
+
+_log = get_logger("shipyard.messaging.outbox")
+
+
+class Outbox:
+    """Writes events into the outbox table inside the caller's transaction."""
+
+    def __init__(self, registry: EventRegistry, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.registry = registry
+        self._clock = clock
+        self._wakers: set[asyncio.Event] = set()
+
+    async def add(self, tx: Transaction, *events: Event) -> None:
+        """Validate and store ``events`` in ``tx``; relays wake once ``tx`` commits.
+
+        Raises :class:`~shipyard.messaging.EventValidationError` (naming the field) before
+        anything is written when an event does not match its type.
+        """
+        messages = [self.registry.encode(event) for event in events]
+        now = self._clock.now()
+        sql = (
+            f"INSERT INTO {OUTBOX} (event_id, name, ordering_key, body, created_at)"
+            " VALUES (?, ?, ?, ?, ?)"
+        )
+        if len(messages) == 1:
+            m = messages[0]
+            await tx.execute(sql, m.event_id, m.name, m.ordering_key, m.body, now)
+        else:
+            await tx.executemany(
+                sql, [(m.event_id, m.name, m.ordering_key, m.body, now) for m in messages]
+            )
+        if self._wakers:
+            tx.after_commit(self._wake)
+
+    def _wake(self) -> None:
+        for waker in self._wakers:
+            waker.set()
+
+
+class OutboxRelay:
+    """Publishes the outbox of ``db`` to ``transport``, in order, at least once.
+
+    Pass the service's ``outbox`` so the relay wakes as soon as a transaction that added
+    events commits; otherwise (and for rows written by other processes) it polls every
+    ``poll_interval`` seconds. Publishing failures back off exponentially from
+    ``retry_base_delay`` up to ``retry_max_delay`` and are logged.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        transport: Transport,
+        *,
+        outbox: Outbox | None = None,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        retry_base_delay: float = 0.1,
+        retry_max_delay: float = 10.0,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._db = db
+        self._transport = transport
+        self._batch_size = validation.at_least("batch_size", batch_size, 1)
+        self._poll = validation.positive("poll_interval", poll_interval)
+        self._base = validation.positive("retry_base_delay", retry_base_delay)
+        self._max = validation.positive("retry_max_delay", retry_max_delay)
+        if self._max < self._base:
+            raise ConfigError("retry_max_delay", retry_max_delay, "must be >= retry_base_delay")
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._outbox = outbox
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+        """Rows published since start (republished rows count again)."""
+        self.failures = 0
+        """Consecutive failed attempts to publish (0 while healthy)."""
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unsent rows and mark them sent; returns how many."""
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch(
+                f"SELECT seq, name, event_id, ordering_key, body FROM {OUTBOX}"
+                " WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
+                self._batch_size,
+            )
+        if not rows:
+            return 0
+        await self._transport.publish(
+            [WireMessage(name, event_id, key, bytes(body)) for _, name, event_id, key, body in rows]
+        )
+        # A crash right here republishes these rows on restart: at-least-once, by design.
+        placeholders = ",".join("?" * len(rows))
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                f"UPDATE {OUTBOX} SET sent_at = ? WHERE seq IN ({placeholders})",
+                self._clock.now(),
+                *[row[0] for row in rows],
+            )
+        self.published += len(rows)
+        return len(rows)
+
+    async def drain(self) -> int:
+        """Relay until no unsent rows are left; returns how many were published."""
+        total = 0
+        while count := await self.relay_once():
+            total += count
+        return total
+
+    def _retry_delay(self) -> float:
+        # Jitter keeps many relays from hammering a recovering broker in lockstep.
+        return backoff_delay(
+            self.failures,
+            base_delay=self._base,
+            multiplier=2.0,
+            max_delay=self._max,
+            jitter="equal",
+            previous_delay=None,
+            random=random.random,
+        )
+
+    async def run(self) -> None:
+        """Relay forever (until cancelled): wake on commit, poll as a fallback, back off."""
+        await install_schema(self._db)
+        if self._outbox is not None:
+            self._outbox._wakers.add(self._wake)
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    count = await self.relay_once()
+                except Exception as error:
+                    self.failures += 1
+                    delay = self._retry_delay()
+                    _log.warning(
+                        "outbox relay cannot publish; events stay in the outbox",
+                        transport=self._transport.url,
+                        error=repr(error),
+                        failures=self.failures,
+                        retry_in=round(delay, 3),
+                    )
+                    await self._clock.sleep(delay)
+                    continue
+                if self.failures:
+                    _log.info("outbox relay recovered", failures=self.failures)
+                    self.failures = 0
+                if count >= self._batch_size:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+        finally:
+            if self._outbox is not None:
+                self._outbox._wakers.discard(self._wake)
+
+    def start(self) -> None:
+        """Run the relay as a background task."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run(), name="shipyard-outbox-relay")
+
+    async def stop(self) -> None:
+        """Cancel the background task and wait for it to finish."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> OutboxRelay:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
