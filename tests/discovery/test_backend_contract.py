@@ -9,6 +9,7 @@ Decision the contract pins: a service nobody registered lists as ``[]`` on every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -67,9 +68,8 @@ def static_harness(backend: StaticBackend) -> Harness:
     return Harness(backend, make_critical=critical, make_passing=passing)
 
 
-@pytest.fixture(params=["static", "memory", "etcd", "consul"])
-async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    kind = request.param
+@contextlib.asynccontextmanager
+async def open_harness(kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if kind == "static":
         yield static_harness(StaticBackend({"configured": ["127.0.0.1:9000"]}, url="static://"))
     elif kind == "memory":
@@ -96,6 +96,22 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness(consul, make_critical=critical, make_passing=passing)
         await consul.close()
         await server.stop()
+
+
+@pytest.fixture(params=["static", "memory", "etcd", "consul"])
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """Every backend that can register instances."""
+    async with open_harness(request.param, request) as opened:
+        yield opened
+
+
+@pytest.fixture(params=["static", "memory", "consul"])
+async def health_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """The backends with health checks (etcd has none: a lease is its liveness)."""
+    async with open_harness(request.param, request) as opened:
+        assert opened.make_critical is not None
+        assert opened.make_passing is not None
+        yield opened
 
 
 def a_registration(service: str, number: int = 1) -> Registration:
@@ -161,9 +177,10 @@ async def test_deregistering_an_unknown_id_is_ignored(harness: Harness, service:
     await harness.backend.deregister(f"{service}-never-registered")
 
 
-async def test_passing_only_hides_critical_instances(harness: Harness, service: str) -> None:
-    if harness.make_critical is None or harness.make_passing is None:
-        pytest.skip("this backend has no health checks (etcd: the lease is the liveness)")
+async def test_passing_only_hides_critical_instances(health_harness: Harness, service: str) -> None:
+    harness = health_harness
+    assert harness.make_critical is not None
+    assert harness.make_passing is not None
     await harness.backend.register(a_registration(service, 1))
     registration = a_registration(service, 2)
     await harness.make_critical(registration)
@@ -197,9 +214,11 @@ async def test_watch_yields_the_current_list_then_every_change(
         await watch.aclose()  # type: ignore[attr-defined]
 
 
-async def test_watch_yields_when_an_instance_turns_critical(harness: Harness, service: str) -> None:
-    if harness.make_critical is None:
-        pytest.skip("this backend has no health checks (etcd: the lease is the liveness)")
+async def test_watch_yields_when_an_instance_turns_critical(
+    health_harness: Harness, service: str
+) -> None:
+    harness = health_harness
+    assert harness.make_critical is not None
     registration = a_registration(service)
     await harness.backend.register(registration)
     watch = harness.backend.watch(service)
