@@ -34,6 +34,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from aiohttp import WSMsgType, web
 
 from shipyard.core import get_logger
@@ -78,6 +79,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.Response(status=404, text=str(error))
 
 
+_HEALTH_CACHE_ENTRIES = 4096
+_encode = msgspec.json.Encoder().encode
+
+
 class RegistryApi:
     """The route table over one :class:`Catalog`."""
 
@@ -85,6 +90,10 @@ class RegistryApi:
         self._catalog = catalog
         self._address = address
         self._sockets: set[web.WebSocketResponse] = set()
+        # Encoded health answers by (name, passing, tags). Every change to a service bumps
+        # its name index, so an entry stays valid until that index moves: the many
+        # watchers woken by one change share one encoding.
+        self._health_cache: dict[tuple[str, bool, tuple[str, ...]], tuple[int, bytes]] = {}
 
     def build_app(self) -> web.Application:
         """An aiohttp application serving the registry API."""
@@ -179,18 +188,24 @@ class RegistryApi:
         name = request.match_info["name"]
         index = await self._block(request, name)
         passing = parse_flag(request.query.get("passing"))
-        tags = request.query.getall("tag", [])
-        body = [
-            {
-                "Node": self._node(),
-                "Service": self._agent_service(instance),
-                "Checks": [self._check(c) for c in instance.checks.values()],
-            }
-            for instance in self._catalog.instances_of(name)
-            if all(t in instance.service.tags for t in tags)
-            and (not passing or instance.status is Status.PASSING)
-        ]
-        return self._json(body, index)
+        tags = tuple(request.query.getall("tag", []))
+        key = (name, passing, tags)
+        cached = self._health_cache.get(key)
+        if cached is None or cached[0] != index:
+            body = [
+                {
+                    "Node": self._node(),
+                    "Service": self._agent_service(instance),
+                    "Checks": [self._check(c) for c in instance.checks.values()],
+                }
+                for instance in self._catalog.instances_of(name)
+                if all(t in instance.service.tags for t in tags)
+                and (not passing or instance.status is Status.PASSING)
+            ]
+            if len(self._health_cache) >= _HEALTH_CACHE_ENTRIES:
+                self._health_cache.clear()
+            cached = self._health_cache[key] = (index, _encode(body))
+        return self._encoded(cached[1], index)
 
     async def catalog_services(self, request: web.Request) -> web.Response:
         """``GET /v1/catalog/services``: service names with their tags."""
@@ -280,8 +295,13 @@ class RegistryApi:
     # --- JSON shapes ---------------------------------------------------------------------
 
     def _json(self, body: Any, index: int) -> web.Response:
-        return web.json_response(
-            body,
+        return self._encoded(_encode(body), index)
+
+    @staticmethod
+    def _encoded(body: bytes, index: int) -> web.Response:
+        return web.Response(
+            body=body,
+            content_type="application/json",
             headers={
                 "X-Consul-Index": str(index),
                 "X-Consul-KnownLeader": "true",
