@@ -3,12 +3,21 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
 
-.PHONY: bootstrap up test lint typecheck unit bench bench-tools clean
+.PHONY: bootstrap npm-deps up test lint typecheck unit bench bench-tools clean
 
 # Install uv with pip when missing, then sync the locked environment (all extras, dev + bench).
 bootstrap:
 	@command -v uv >/dev/null 2>&1 || test -x "$(HOME)/.local/bin/uv" || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 	@$(UV) sync --frozen --all-extras --quiet
+	@$(MAKE) --no-print-directory npm-deps
+
+# npm packages the tests use (the npm consul client runs against our registry).
+NPM_DIRS := tests/discovery/registry/npm
+npm-deps:
+	@for dir in $(NPM_DIRS); do \
+		test -d $$dir/node_modules || npm ci --silent --no-audit --no-fund --prefix $$dir || \
+			echo "bootstrap: npm ci failed in $$dir (is Node.js installed?)"; \
+	done
 
 # Runs what exists of the reference system on embedded defaults (see README).
 up: bootstrap
