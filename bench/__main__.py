@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ("resilience", "messaging", "discovery")
+MODULES = ("resilience", "messaging", "discovery", "gateway")
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,223 @@
+"""The router: the last filter of every chain, which sends the request upstream.
+
+Per service there is one ``Upstream`` (instances, round robin, circuit breaker); per
+route one ``Proxy`` with the header set to drop and the timeout decided at start-up.
+The upstream is always chosen from the configuration: the request's Host header or an
+absolute-form target never picks where the gateway connects (no open proxy, no SSRF).
+Retries go to another instance, only for idempotent methods or requests that carry an
+``Idempotency-Key``, and only on connection failures or the service's ``retry_on`` codes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from shipyard.core.clock import SYSTEM_CLOCK, Clock
+from shipyard.gateway.config import ServiceConfig
+from shipyard.gateway.errors import UpstreamError, UpstreamTimeoutError
+from shipyard.gateway.filters import HOP_BY_HOP, Exchange, Header, Reply, local_reply
+from shipyard.gateway.upstream import (
+    Address,
+    RoundRobin,
+    UpstreamConnection,
+    UpstreamPool,
+    UpstreamResolver,
+)
+from shipyard.resilience.breaker import CircuitBreaker
+from shipyard.resilience.errors import CircuitOpenError
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+# Set by the gateway itself; the client's copies are replaced, never passed through.
+_REGENERATED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"expect",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
+    }
+)
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Upstream:
+    """A service's instances (static or resolved), its balancer and its breaker."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        resolver: UpstreamResolver | None,
+        pool: UpstreamPool,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._resolver = resolver
+        self.static: tuple[Address, ...] | None = tuple(config.urls) if config.urls else None
+        self.pool = pool
+        self.balancer = RoundRobin()
+        self.breaker = CircuitBreaker(
+            f"upstream:{config.name}",
+            failure_rate_threshold=config.breaker_failure_rate,
+            minimum_calls=config.breaker_minimum_calls,
+            reset_timeout=config.breaker_reset,
+            record=(UpstreamError, UpstreamTimeoutError),
+            clock=clock,
+        )
+        self._host_lines: dict[tuple[str, int], bytes] = {}
+
+    async def instances(self) -> Sequence[Address]:
+        """Where the service runs now (the static list, or the resolver's answer)."""
+        if self.static is not None:
+            return self.static
+        if self._resolver is None:
+            return ()
+        return await self._resolver.instances(self.name)
+
+    def host_line(self, instance: Address) -> bytes:
+        """The pre-encoded ``host:`` header line for ``instance``."""
+        key = (instance.address, instance.port)
+        line = self._host_lines.get(key)
+        if line is None:
+            line = self._host_lines[key] = f"host: {key[0]}:{key[1]}\r\n".encode()
+        return line
+
+
+def _forwarded_for(ip: str) -> bytes:
+    return (f'"[{ip}]"' if ":" in ip else ip).encode()
+
+
+class Proxy:
+    """The router filter of one route: send, retry, relay or stream the response."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        *,
+        timeout: float,
+        strips: frozenset[bytes],
+        trusted: Sequence[Network],
+    ) -> None:
+        self._upstream = upstream
+        self._timeout = timeout
+        self._drop = HOP_BY_HOP | _REGENERATED | strips
+        self._trusted = tuple(trusted)
+        self._retries = upstream.config.retries
+        self._retry_on = upstream.config.retry_on
+        self._attempt = upstream.breaker(self._send)
+
+    def _trusted_peer(self, ip: str) -> bool:
+        if not self._trusted:
+            return False
+        address = ipaddress.ip_address(ip)
+        return any(address in network for network in self._trusted)
+
+    def _request_bytes(self, ex: Exchange, host_line: bytes) -> bytes:
+        path = ex.upstream_path
+        parts = [
+            ex.method,
+            b" ",
+            path,
+            b"?" + ex.query if ex.query else b"",
+            b" HTTP/1.1\r\n",
+            host_line,
+        ]
+        drop = self._drop
+        connection = ex.header_map.get(b"connection")
+        if connection is not None:
+            # Headers the client named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+            drop = drop | {t.strip().lower() for t in connection.split(b",")}
+        for name, value in ex.headers:
+            if name not in drop:
+                parts += (name, b": ", value, b"\r\n")
+        peer = ex.peer_ip
+        xff = peer.encode()
+        previous = ex.header_map.get(b"x-forwarded-for")
+        if previous is not None and self._trusted_peer(peer):
+            xff = previous + b", " + xff
+        parts += (
+            b"x-forwarded-for: ",
+            xff,
+            b"\r\nx-forwarded-proto: http",
+            b"\r\nx-forwarded-host: " + ex.host if ex.host else b"",
+            b"\r\nforwarded: for=",
+            _forwarded_for(peer),
+            b";proto=http",
+            b';host="' + ex.host.replace(b'"', b"") + b'"' if ex.host else b"",
+            b"\r\nx-request-id: ",
+            ex.request_id,
+            b"\r\n",
+        )
+        for name, value in ex.upstream_headers:
+            parts += (name, b": ", value, b"\r\n")
+        body = ex.body
+        if body or ex.method in (b"POST", b"PUT", b"PATCH"):
+            parts += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+        parts += (b"\r\n", body)
+        return b"".join(parts)
+
+    async def _send(self, instance: Address, data: bytes, head_only: bool) -> UpstreamConnection:
+        pool = self._upstream.pool
+        conn = pool.take_idle(instance.address, instance.port) or await pool.acquire(
+            instance.address, instance.port, self._timeout
+        )
+        await conn.send(data, self._timeout, head_only)
+        return conn
+
+    async def __call__(self, ex: Exchange) -> Reply:
+        upstream = self._upstream
+        instances = upstream.static or await upstream.instances()
+        if not instances:
+            return local_reply(503, f"no instance of service {upstream.name!r} is available")
+        retryable = ex.method in IDEMPOTENT or b"idempotency-key" in ex.header_map
+        attempts = 1 + (self._retries if retryable else 0)
+        head_only = ex.method == b"HEAD"
+        failed: Address | None = None
+        for attempt in range(attempts):
+            instance = upstream.balancer.pick(instances, failed)
+            ex.upstream = f"{instance.address}:{instance.port}"
+            data = self._request_bytes(ex, upstream.host_line(instance))
+            last = attempt == attempts - 1
+            try:
+                conn = await self._attempt(instance, data, head_only)
+            except UpstreamTimeoutError:
+                return local_reply(504, f"upstream {upstream.name!r} did not answer in time")
+            except UpstreamError as exc:
+                if last:
+                    return local_reply(502, f"upstream {upstream.name!r} failed: {exc}")
+                failed = instance
+                continue
+            except CircuitOpenError as exc:
+                retry_after = (
+                    []
+                    if exc.remaining is None
+                    else [(b"retry-after", str(max(1, round(exc.remaining))).encode())]
+                )
+                return local_reply(
+                    503, f"upstream {upstream.name!r} is failing; breaker open", retry_after
+                )
+            if not last and conn.status in self._retry_on:
+                conn.close()
+                failed = instance
+                continue
+            return self._relay(conn)
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    def _relay(self, conn: UpstreamConnection) -> Reply:
+        # A response to HEAD keeps the upstream's Content-Length: it describes the GET body.
+        drop = HOP_BY_HOP if conn.head_only else _RESPONSE_DROP
+        headers: list[Header] = [h for h in conn.headers if h[0] not in drop]
+        if conn.complete:
+            body = b"".join(conn.chunks) if len(conn.chunks) != 1 else conn.chunks[0]
+            status = conn.status
+            conn.finish()
+            return Reply(status, headers, body)
+        return Reply(conn.status, headers, b"", conn)

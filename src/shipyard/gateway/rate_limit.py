@@ -1,0 +1,71 @@
+"""Rate limiting: a token bucket per route x (consumer | client IP | header value).
+
+The bucket lives in a ``RateLimitStore`` (in process, or Redis so every gateway shares
+one budget). A refused request gets 429 with ``Retry-After`` and the ``RateLimit-Limit``,
+``RateLimit-Remaining`` and ``RateLimit-Reset`` headers.
+"""
+
+from __future__ import annotations
+
+import math
+
+from shipyard.core.clock import SYSTEM_CLOCK, Clock
+from shipyard.gateway.config import RateLimitConfig
+from shipyard.gateway.filters import Exchange, Filter, Reply, local_reply
+from shipyard.resilience.ratelimit import RateLimitDecision, RateLimitStore, SyncRateLimitStore
+
+
+class RateLimit(Filter):
+    """429 once a route's bucket for this caller is empty."""
+
+    def __init__(
+        self,
+        config: RateLimitConfig,
+        store: RateLimitStore,
+        *,
+        scope: str,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._config = config
+        self._store = store
+        # An in-process store can decide without awaiting: chosen once, here.
+        self._sync = store if isinstance(store, SyncRateLimitStore) else None
+        self._scope = scope + ":"
+        self._now = clock.now
+        self._header = config.header.encode() if config.header else None
+        self._limit_header = str(config.burst).encode()
+
+    def _key(self, ex: Exchange) -> str:
+        per = self._config.per
+        if per == "consumer" and ex.consumer is not None:
+            return self._scope + "c:" + ex.consumer
+        if per == "header" and self._header is not None:
+            value = ex.header_map.get(self._header)
+            if value is not None:
+                return self._scope + "h:" + value.decode("latin-1")
+        # Anonymous callers (and callers without the header) are limited by address.
+        return self._scope + "ip:" + ex.client_ip
+
+    async def on_request(self, exchange: Exchange) -> Reply | None:
+        """Take one token, or answer 429."""
+        config = self._config
+        key = self._key(exchange)
+        decision: RateLimitDecision
+        if self._sync is not None:
+            decision = self._sync.token_bucket_sync(key, config.rate, config.burst, 1, self._now())
+        else:
+            decision = await self._store.token_bucket(
+                key, config.rate, config.burst, 1, self._now()
+            )
+        if decision.allowed:
+            return None
+        return local_reply(
+            429,
+            "rate limit exceeded; retry after the Retry-After seconds",
+            [
+                (b"retry-after", str(max(1, math.ceil(decision.retry_after))).encode()),
+                (b"ratelimit-limit", self._limit_header),
+                (b"ratelimit-remaining", str(decision.remaining).encode()),
+                (b"ratelimit-reset", str(math.ceil(decision.reset_after)).encode()),
+            ],
+        )

@@ -1,0 +1,286 @@
+"""Talking to upstreams: resolvers, a round-robin pick, and a pooled keep-alive client.
+
+The client works at the ``asyncio.Protocol`` level with httptools' response parser: no
+streams, no per-request objects beyond a future, and connections are reused across
+requests (and across routes that target the same instance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, cast
+
+import httptools
+
+from shipyard.gateway.errors import UpstreamError, UpstreamTimeoutError
+from shipyard.gateway.filters import Header
+
+
+class Address(Protocol):
+    """Anything with an address and a port (``shipyard.discovery.Instance`` is one)."""
+
+    @property
+    def address(self) -> str:
+        """Host name or IP."""
+
+    @property
+    def port(self) -> int:
+        """TCP port."""
+
+
+class UpstreamResolver(Protocol):
+    """Turns a service name into its instances; ``shipyard.discovery.Discovery`` fits."""
+
+    async def instances(self, service: str) -> Sequence[Address]:
+        """The instances currently serving ``service`` (may be empty)."""
+
+
+class StaticResolver:
+    """A resolver over a fixed map of service name → instances (from the config)."""
+
+    def __init__(self, services: Mapping[str, Sequence[Address]]) -> None:
+        self._services = {name: tuple(found) for name, found in services.items()}
+
+    async def instances(self, service: str) -> Sequence[Address]:
+        """The configured instances of ``service`` (empty if unknown)."""
+        return self._services.get(service, ())
+
+
+class RoundRobin:
+    """Each instance in turn (a counter per service)."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def pick(self, instances: Sequence[Address], skip: Address | None = None) -> Address:
+        """The next instance, avoiding ``skip`` (the one that just failed) when possible."""
+        index = self._next % len(instances)
+        self._next = index + 1
+        chosen = instances[index]
+        if skip is not None and len(instances) > 1 and _same(chosen, skip):
+            chosen = instances[(index + 1) % len(instances)]
+            self._next = index + 2
+        return chosen
+
+
+def _same(a: Address, b: Address) -> bool:
+    return a.address == b.address and a.port == b.port
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream; one request at a time."""
+
+    __slots__ = (
+        "_pool",
+        "_timer",
+        "chunks",
+        "complete",
+        "done",
+        "framed",
+        "head",
+        "head_only",
+        "headers",
+        "keep_alive",
+        "key",
+        "open",
+        "parser",
+        "sink",
+        "status",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self.key: tuple[str, int] = ("", 0)
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.open = False
+        self.head: asyncio.Future[None] | None = None
+        self.done: asyncio.Future[None] | None = None
+        self.headers: list[Header] = []
+        self.chunks: list[bytes] = []
+        self.status = 0
+        self.complete = False
+        self.keep_alive = True
+        self.head_only = False
+        self.framed = False
+        self.sink: Callable[[bytes], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.open = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.complete and self.head_only:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(UpstreamError("upstream sent malformed HTTP"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(UpstreamError("upstream closed the connection"))
+        elif not self.complete and not self.framed and self.head is not None:
+            # A response without Content-Length or chunking ends when the connection does.
+            self.on_message_complete()
+        elif not self.complete and self.done is not None and not self.done.done():
+            self.done.set_exception(UpstreamError("upstream closed mid-response"))
+
+    # -- httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.status in (204, 304) or 100 <= self.status < 200:
+            self.framed = True
+        if self.head_only:
+            # httptools cannot be told a response to HEAD has no body, so the connection
+            # is not reused (its parser would wait for Content-Length bytes).
+            self.keep_alive = False
+            self.complete = True
+        if self.head is not None and not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink(body)
+        else:
+            self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._cancel_timer()
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    # -- use
+
+    def send(self, data: bytes, timeout: float, head_only: bool) -> asyncio.Future[None]:
+        """Write one request; the future resolves when the response head has arrived."""
+        assert self.transport is not None
+        loop = self._pool.loop
+        self.head = loop.create_future()
+        self.done = None
+        self.headers = []
+        self.chunks = []
+        self.complete = False
+        self.framed = False
+        self.sink = None
+        self.head_only = head_only
+        self._timer = loop.call_later(timeout, self._timed_out, timeout)
+        self.transport.write(data)
+        return self.head
+
+    def wait_done(self) -> asyncio.Future[None]:
+        """A future for the end of the response body (for streaming)."""
+        if self.done is None:
+            self.done = self._pool.loop.create_future()
+            if self.complete:
+                self.done.set_result(None)
+        return self.done
+
+    def finish(self) -> None:
+        """The caller has taken the whole response: reuse the connection or close it.
+
+        Releasing is the caller's job, not the parser's, so a connection never goes back
+        to the pool while its response is still being read."""
+        self.sink = None
+        if self.complete and self.keep_alive and self.open:
+            self._pool.release(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection (it will not be reused)."""
+        self._cancel_timer()
+        self.open = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self, seconds: float) -> None:
+        self._timer = None
+        self._fail(UpstreamTimeoutError(f"upstream did not answer within {seconds:g}s"))
+
+    def _fail(self, error: Exception) -> None:
+        for future in (self.head, self.done):
+            if future is not None and not future.done():
+                future.set_exception(error)
+        self.complete = True
+        self.open = False
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per upstream instance, reused LIFO."""
+
+    def __init__(self, *, max_idle_per_instance: int = 256) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._idle: dict[tuple[str, int], deque[UpstreamConnection]] = {}
+        self._max_idle = max_idle_per_instance
+
+    def take_idle(self, address: str, port: int) -> UpstreamConnection | None:
+        """An idle open connection to ``address:port``, if there is one (no await)."""
+        idle = self._idle.get((address, port))
+        while idle:
+            conn = idle.pop()
+            if conn.open:
+                return conn
+        return None
+
+    async def acquire(self, address: str, port: int, connect_timeout: float) -> UpstreamConnection:
+        """An open connection to ``address:port``: an idle one, or a new one."""
+        conn = self.take_idle(address, port)
+        if conn is not None:
+            return conn
+        try:
+            # wait_for (not asyncio.timeout): it works without a current Task.
+            _, protocol = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamConnection(self), address, port),
+                connect_timeout,
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"connecting to {address}:{port} timed out") from exc
+        except OSError as exc:
+            raise UpstreamError(
+                f"cannot connect to {address}:{port}: {exc.strerror or exc}"
+            ) from exc
+        protocol.key = (address, port)
+        return protocol
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return a connection whose response is complete, for reuse."""
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = deque()
+        if len(idle) >= self._max_idle:
+            conn.close()
+            return
+        idle.append(conn)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
