@@ -154,7 +154,7 @@ async def test_sliding_window_cost_counts_several_requests() -> None:
 def test_sliding_window_step_reports_reset_and_remaining() -> None:
     state, decision = sliding_window_step(None, limit=3, window=10.0, cost=1, now=12.0)
     assert (decision.remaining, decision.reset_after) == (2, 18.0)
-    assert state.index == 1
+    assert state.window_number == 1
 
 
 # -- as policies ------------------------------------------------------------------------

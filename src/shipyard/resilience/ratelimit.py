@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from shipyard.core import validation
 from shipyard.core.clock import SYSTEM_CLOCK, Clock
@@ -23,12 +22,14 @@ from shipyard.core.errors import ConfigError
 from shipyard.resilience.errors import RateLimitExceededError
 from shipyard.resilience.policy import Args, AsyncInvoker, Kwargs, Policy, SyncInvoker
 
+# Decisions and states are NamedTuples, not frozen dataclasses: they are built on every
+# request a gateway admits, and a tuple is several times cheaper to create.
+
 # Absorbs float noise so that waiting exactly ``retry_after`` is always enough.
 _EPSILON = 1e-9
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitDecision:
+class RateLimitDecision(NamedTuple):
     """The answer for one request: ``allowed``; the ``limit`` (burst or requests per
     window); ``remaining`` requests right now; ``reset_after`` seconds until the limiter is
     back to full; ``retry_after`` seconds until this request would pass (0 if allowed).
@@ -44,8 +45,7 @@ class RateLimitDecision:
 # -- the pure algorithms --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TokenBucketState:
+class TokenBucketState(NamedTuple):
     """Tokens left at time ``updated`` (wall seconds)."""
 
     tokens: float
@@ -78,11 +78,10 @@ def token_bucket_step(
     return TokenBucketState(tokens, now), decision
 
 
-@dataclass(frozen=True, slots=True)
-class SlidingWindowState:
-    """Counts in window number ``index`` (``floor(now / window)``) and the one before."""
+class SlidingWindowState(NamedTuple):
+    """Counts in window ``window_number`` (``floor(now / window)``) and the one before."""
 
-    index: int
+    window_number: int
     current: int
     previous: int
 
@@ -94,13 +93,13 @@ def sliding_window_step(
     window's count, weighted by how much of it still overlaps the sliding window, plus the
     current window's count, must stay within ``limit``."""
     index = math.floor(now / window)
-    if state is None or state.index < index - 1:
+    if state is None or state.window_number < index - 1:
         previous, current = 0, 0
-    elif state.index == index - 1:
+    elif state.window_number == index - 1:
         previous, current = state.current, 0
     else:
         # Same window, or the clock stepped back into an older one: keep the newer counts.
-        index = max(index, state.index)
+        index = max(index, state.window_number)
         previous, current = state.previous, state.current
     elapsed = min(window, max(0.0, now - index * window))
     estimated = previous * (1.0 - elapsed / window) + current
