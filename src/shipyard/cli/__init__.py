@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shipyard.cli import events, gateway, registry, up
+from shipyard.cli import events, gateway, registry, run, up
 
 # Each module contributes one sub-command through ``register(subparsers)``.
-_COMMANDS = (up, registry, events, gateway)
+_COMMANDS = (up, registry, events, gateway, run)
 
 
 def build_parser() -> argparse.ArgumentParser:
