@@ -700,3 +700,47 @@ def test_empty_name_is_rejected() -> None:
     with pytest.raises(ConfigError) as info:
         CircuitBreaker("")
     assert info.value.field == "name"
+
+
+def test_decorated_sync_fast_path_counts_opens_and_reports_to_listeners() -> None:
+    clock = ManualClock()
+    breaker = make(clock, minimum_calls=4, failure_rate_threshold=0.5)
+    outcomes = iter([True, False, True, True, False, False])
+
+    @breaker
+    def flaky() -> str:
+        if next(outcomes):
+            return "ok"
+        raise ConnectionError("flaky")
+
+    for _ in range(4):
+        with contextlib.suppress(ConnectionError):
+            flaky()
+    assert breaker.metrics.calls == 4
+    assert breaker.state == "closed"  # 1 failure in 4
+    events: list[BreakerEvent] = []
+    breaker.events.subscribe(events.append)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            flaky()
+    assert breaker.state == "open"
+    assert [e.kind for e in events] == ["failure", "failure", "state_change"]
+    with pytest.raises(CircuitOpenError):
+        flaky()
+
+
+def test_decorated_sync_breaker_is_safe_across_threads() -> None:
+    breaker = CircuitBreaker("threads", minimum_calls=10_000, clock=ManualClock())
+    count = 200
+    parse = breaker(int)
+
+    def hammer() -> None:
+        for _ in range(count):
+            parse("1")
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert breaker.metrics.calls == 4 * count

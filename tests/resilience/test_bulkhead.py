@@ -271,3 +271,74 @@ def test_invalid_settings_are_rejected_naming_the_parameter(
     with pytest.raises(ConfigError) as caught:
         Bulkhead("db", **kwargs)
     assert caught.value.field == field
+
+
+# -- the decorators' inlined fast path ------------------------------------------------------
+
+
+async def test_decorated_async_calls_queue_in_order_and_hand_over_slots() -> None:
+    bulkhead = Bulkhead("db", 1, max_queue=2, clock=ManualClock())
+    gate = Gate()
+    guarded = bulkhead(gate)
+    tasks = [asyncio.create_task(guarded(who)) for who in ("a", "b", "c")]
+    await settle()
+    assert gate.entered == ["a"]
+    assert bulkhead.metrics == BulkheadMetrics(1, 2, 0, 1)
+    with pytest.raises(BulkheadFullError):
+        await guarded("d")
+    gate.open.set()
+    assert [await task for task in tasks] == ["a", "b", "c"]
+    assert gate.entered == ["a", "b", "c"]
+    assert bulkhead.metrics.active == 0
+
+
+async def test_decorated_async_call_frees_its_slot_when_it_fails() -> None:
+    bulkhead = Bulkhead("db", 1, clock=ManualClock())
+
+    @bulkhead
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            await boom()
+    assert bulkhead.metrics.active == 0
+
+
+async def test_a_listener_subscribed_during_a_call_sees_its_release() -> None:
+    bulkhead = Bulkhead("db", 2, clock=ManualClock())
+    gate = Gate()
+    task = asyncio.create_task(bulkhead(gate)("a"))
+    await settle()
+    events: list[BulkheadEvent] = []
+    unsubscribe = bulkhead.events.subscribe(events.append)
+    gate.open.set()
+    await task
+    assert [(e.kind, e.active) for e in events] == [("released", 0)]
+    unsubscribe()
+    assert await bulkhead(gate)("b") == "b"  # quiet again: nothing more is reported
+    assert len(events) == 1
+
+
+def test_decorated_sync_function_stays_sync_respects_the_cap_and_frees_on_error() -> None:
+    bulkhead = Bulkhead("files", 1)
+    seen: list[int] = []
+
+    @bulkhead
+    def read(n: int) -> int:
+        seen.append(bulkhead.metrics.active)
+        if n < 0:
+            raise ValueError("negative")
+        return n
+
+    assert not asyncio.iscoroutinefunction(read)
+    assert read(3) == 3
+    with pytest.raises(ValueError, match="negative"):
+        read(-1)
+    bulkhead.acquire_sync()  # the only slot is taken: the next call is turned away
+    with pytest.raises(BulkheadFullError):
+        read(4)
+    bulkhead.release()
+    assert read(5) == 5
+    assert seen == [1, 1, 1]
+    assert bulkhead.metrics == BulkheadMetrics(0, 0, 1, 1)

@@ -14,6 +14,7 @@ from shipyard.resilience import (
     Fallback,
     Pipeline,
     Retry,
+    RetryBudget,
     Timeout,
 )
 
@@ -161,3 +162,50 @@ def test_bad_config_names_the_key(config: object, field: str) -> None:
 def test_non_policy_stage_is_rejected() -> None:
     with pytest.raises(ConfigError, match="policies\\[1\\]"):
         Pipeline(Retry(), "breaker")  # type: ignore[arg-type]
+
+
+# -- the stages built once ----------------------------------------------------------------
+
+
+async def test_decorated_four_stage_pipeline_passes_arguments_to_the_innermost_call() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker("svc", minimum_calls=10, clock=clock)
+    bulkhead = Bulkhead("svc", 2, clock=clock)
+    flaky = Flaky(failures=1)
+    pipeline = Pipeline(
+        Timeout(5.0), Retry(max_attempts=2, base_delay=0.01, clock=clock), breaker, bulkhead
+    )
+
+    @pipeline
+    async def fetch(value: int, *, scale: int = 1) -> int:
+        return await flaky(value) * scale
+
+    assert await fetch(2, scale=3) == 60
+    assert flaky.calls == 2
+    assert (breaker.metrics.calls, breaker.metrics.failures) == (2, 1)
+    assert bulkhead.metrics.active == 0
+
+
+async def test_system_clock_timeout_inside_retry_bounds_each_attempt() -> None:
+    attempts: list[int] = []
+
+    async def hangs_once() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            await asyncio.Event().wait()
+        return "second attempt"
+
+    pipeline = Pipeline(Retry(max_attempts=2, base_delay=0.0), Timeout(0.002))
+    assert await pipeline.call(hangs_once) == "second attempt"
+    assert await pipeline(hangs_once)() == "second attempt"
+    assert len(attempts) == 3
+
+
+async def test_retry_with_a_budget_still_draws_from_it_inside_a_pipeline() -> None:
+    clock = ManualClock()
+    budget = RetryBudget(ratio=0.1, min_retries_per_second=0.0, clock=clock)
+    flaky = Flaky(failures=1)
+    pipeline = Pipeline(Retry(max_attempts=3, base_delay=0.01, budget=budget, clock=clock))
+    with pytest.raises(ConnectionError):
+        await pipeline(flaky)()
+    assert flaky.calls == 1  # no retry: the budget had nothing to give

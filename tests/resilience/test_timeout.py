@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
 
 import pytest
 
@@ -163,3 +165,139 @@ def test_bad_seconds_raise_config_error(seconds: object) -> None:
     with pytest.raises(ConfigError) as info:
         Timeout(seconds)  # type: ignore[arg-type]
     assert info.value.field == "seconds"
+
+
+# -- the system clock's shared deadline wheel ------------------------------------------------
+
+
+def current_task() -> asyncio.Task[object]:
+    task = asyncio.current_task()
+    assert task is not None
+    return task
+
+
+async def test_system_clock_deadline_never_fires_early() -> None:
+    hung = Hung()
+    started = time.monotonic()
+    with pytest.raises(CallTimeoutError):
+        await Timeout(0.003).call(hung)
+    assert time.monotonic() - started >= 0.003
+    assert hung.cancelled
+
+
+async def test_finished_system_clock_call_is_not_cancelled_after_its_deadline() -> None:
+    timeout = Timeout(0.002)
+
+    @timeout
+    async def quick() -> str:
+        return "done"
+
+    assert await quick() == "done"
+    assert await timeout.call(quick) == "done"
+    await asyncio.sleep(0.005)  # past both deadlines: nothing may cancel us now
+    assert current_task().cancelling() == 0
+
+
+async def test_a_shorter_timeout_fires_before_a_longer_one_that_started_first() -> None:
+    slow, quick = Hung(), Hung()
+    long_call = asyncio.create_task(Timeout(5.0).call(slow))
+    await slow.started.wait()
+    with pytest.raises(CallTimeoutError):
+        await Timeout(0.002).call(quick)
+    assert quick.cancelled
+    assert not long_call.done()
+    slow.release.set()
+    assert await long_call == "done"
+    assert not slow.cancelled
+
+
+async def test_both_deadlines_fire_when_a_shorter_one_arrives_after_a_longer_one() -> None:
+    slow, quick = Hung(), Hung()
+    long_call = asyncio.create_task(Timeout(0.006).call(slow))
+    await slow.started.wait()
+    with pytest.raises(CallTimeoutError):
+        await Timeout(0.002).call(quick)
+    assert not long_call.done()
+    with pytest.raises(CallTimeoutError):
+        await long_call
+    assert slow.cancelled
+    assert quick.cancelled
+
+
+async def test_nested_system_clock_timeouts_report_the_one_that_expired() -> None:
+    outer, inner = Timeout(5.0), Timeout(0.002)
+    hung = Hung()
+
+    async def inner_call() -> str:
+        try:
+            return await inner.call(hung)
+        except CallTimeoutError:
+            return "inner timed out"
+
+    assert await outer.call(inner_call) == "inner timed out"
+    assert current_task().cancelling() == 0
+
+
+async def test_nested_timeouts_sharing_a_deadline_raise_one_call_timeout_error() -> None:
+    timeout = Timeout(0.002)  # the same timeout twice: both deadlines land in one bucket
+    hung = Hung()
+    with pytest.raises(CallTimeoutError):
+        await timeout.call(timeout.call, hung)
+    assert current_task().cancelling() == 0
+
+
+async def test_system_clock_caller_cancellation_propagates_as_cancelled_error() -> None:
+    hung = Hung()
+    task = asyncio.create_task(Timeout(5.0).call(hung))
+    await hung.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert hung.cancelled
+
+
+async def test_call_that_swallows_the_expiry_keeps_its_result_and_task_uncancelled() -> None:
+    async def stubborn() -> str:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(1)
+        return "finished anyway"
+
+    assert await Timeout(0.002).call(stubborn) == "finished anyway"
+    assert current_task().cancelling() == 0
+
+
+def test_system_clock_timeouts_work_on_every_event_loop_and_thread() -> None:
+    async def scenario() -> tuple[str, bool]:
+        hung = Hung()
+        with pytest.raises(CallTimeoutError):
+            await Timeout(0.002).call(hung)
+        ok = await Timeout(5.0).call(asyncio.sleep, 0, "ok")
+        return ok, hung.cancelled
+
+    results: list[tuple[str, bool]] = []
+    assert asyncio.run(scenario()) == ("ok", True)
+    worker = threading.Thread(target=lambda: results.append(asyncio.run(scenario())))
+    worker.start()
+    worker.join(5)
+    assert results == [("ok", True)]
+    assert asyncio.run(scenario()) == ("ok", True)
+
+
+def test_system_clock_timeout_outside_a_task_is_a_clear_error() -> None:
+    loop = asyncio.new_event_loop()
+    errors: list[str] = []
+
+    def drive_by_hand() -> None:  # a loop callback: the loop runs, but no task does
+        coroutine = Timeout(1.0).call(asyncio.sleep, 0)
+        try:
+            coroutine.send(None)
+        except RuntimeError as error:
+            errors.append(str(error))
+        finally:
+            coroutine.close()
+            loop.stop()
+
+    loop.call_soon(drive_by_hand)
+    loop.run_forever()
+    loop.close()
+    assert errors == ["Timeout must be awaited inside an asyncio task"]

@@ -28,8 +28,10 @@ from shipyard.resilience.policy import (
     Kwargs,
     Policy,
     SyncInvoker,
+    WatchedEvents,
     invoke_any,
     invoke_coroutine_function,
+    invoke_sync,
     is_async_callable,
 )
 from shipyard.resilience.timeout import Timeout, invoke_in_thread
@@ -95,28 +97,6 @@ ExceptionFilter = (
 _IGNORED = 0
 _FAILURE = 1
 _SUCCESS = 2
-
-
-class _BreakerEvents(EventPublisher[BreakerEvent]):
-    """An ``EventPublisher`` that tells its breaker when listeners come and go, so the
-    breaker's fast path can test one flag instead of asking on every call."""
-
-    __slots__ = ("_changed",)
-
-    def __init__(self, source: str, changed: Callable[[], None]) -> None:
-        super().__init__(source)
-        self._changed = changed
-
-    def subscribe(self, listener: Callable[[BreakerEvent], None]) -> Callable[[], None]:
-        """Call ``listener(event)`` for every event; returns a function that unsubscribes."""
-        unsubscribe_listener = super().subscribe(listener)
-        self._changed()
-
-        def unsubscribe() -> None:
-            unsubscribe_listener()
-            self._changed()
-
-        return unsubscribe
 
 
 def _exception_filter(field: str, value: object) -> Callable[[BaseException], bool]:
@@ -262,7 +242,7 @@ class CircuitBreaker(Policy):
             time.monotonic if isinstance(clock, SystemClock) else clock.monotonic
         )
         self._timeout = None if self.timeout is None else Timeout(self.timeout, clock=clock)
-        self.events: EventPublisher[BreakerEvent] = _BreakerEvents(
+        self.events: EventPublisher[BreakerEvent] = WatchedEvents(
             f"breaker:{name}", self._refresh_fast
         )
         # RLock: listeners run inside the bookkeeping and may read ``state``/``metrics``.
@@ -453,7 +433,11 @@ class CircuitBreaker(Policy):
             # The same closed-state path the decorator inlines (see ``__call__``).
             ticket = self._gen
             try:
-                result = await inner(fn, args, kwargs)
+                result = await (
+                    fn(*args, **kwargs)
+                    if inner is invoke_coroutine_function
+                    else inner(fn, args, kwargs)
+                )
             except BaseException as exc:
                 self._complete(ticket, now(), 0.0, exc)
                 raise
@@ -519,16 +503,15 @@ class CircuitBreaker(Policy):
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorate ``fn``: sync stays sync, async stays async, methods work.
 
-        For an ``async def`` with no ``timeout`` and no ``slow_call_duration`` the wrapper
-        inlines the closed-state path (one state check, one clock read, one record), which
-        is what a breaker costs on nearly every call.
+        With no ``timeout`` and no ``slow_call_duration`` the wrapper inlines the
+        closed-state path (one state check, one clock read, one record), which is what a
+        breaker costs on nearly every call; a sync wrapper takes the lock once, for the
+        record only.
         """
-        if (
-            not is_async_callable(fn)
-            or self._timeout is not None
-            or self.slow_call_duration is not None
-        ):
+        if self._timeout is not None or self.slow_call_duration is not None:
             return super().__call__(fn)
+        if not is_async_callable(fn):
+            return self._lean_sync_wrapper(fn)
         breaker = self
         now = self._now
         record_success = self._window.record_success
@@ -551,6 +534,39 @@ class CircuitBreaker(Policy):
             return result
 
         return cast(Callable[P, T], guarded)
+
+    def _lean_sync_wrapper(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """The sync twin of the async closed-state path in ``__call__``."""
+        breaker = self
+        now = self._now
+        lock = self._lock
+        record_success = self._window.record_success
+        run_sync = self._run_sync
+
+        @functools.wraps(fn)
+        def guarded_sync(*args: Any, **kwargs: Any) -> Any:
+            # No lock for these reads. ``_gen`` first: if a transition lands between the
+            # two reads, either ``_fast`` is False now or the ticket is stale and the
+            # record below (which rechecks it under the lock) counts nothing.
+            ticket = breaker._gen
+            if not breaker._fast:
+                return run_sync(invoke_sync, fn, args, kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                with lock:
+                    breaker._complete(ticket, now(), 0.0, exc)
+                raise
+            # acquire()/release() rather than ``with``: about half the cost of the statement.
+            lock.acquire()
+            try:
+                if breaker._gen == ticket and record_success(now()):
+                    breaker._check_window(now())
+            finally:
+                lock.release()
+            return result
+
+        return cast(Callable[P, T], guarded_sync)
 
 
 class BreakerRegistry:

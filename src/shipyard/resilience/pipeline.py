@@ -15,9 +15,11 @@ The recommended order, outermost to innermost, and why::
 This is the order Polly v8 and Resilience4j document. ``Pipeline.from_dict`` places the
 stages of a mapping in this order whatever the key order; a list keeps the given order.
 
-The chain is built when the pipeline is built: each stage's ``inner`` is a pre-bound
-``functools.partial`` of the next stage, so a call allocates no closures and makes no
-sync/async decisions (Polly's "decide at build time").
+Everything is decided when the pipeline is built (Polly's "decide at build time"), so a
+call allocates no closures and makes no sync/async decisions. ``call`` runs a chain of
+stages, each the policy's ``_stage_async(next)`` (by default a pre-bound
+``functools.partial`` of ``_run_async``); the decorator nests the policies' own decorators,
+whose wrappers inline each policy's common path.
 """
 
 from __future__ import annotations
@@ -40,9 +42,7 @@ from shipyard.resilience.policy import (
     SyncInvoker,
     T,
     invoke_any,
-    invoke_coroutine_function,
     invoke_sync,
-    is_async_callable,
 )
 from shipyard.resilience.ratelimit import SlidingWindowLimiter, TokenBucketLimiter
 from shipyard.resilience.retry import Retry
@@ -52,7 +52,7 @@ from shipyard.resilience.timeout import Timeout
 def _chain_async(policies: Sequence[Policy], innermost: AsyncInvoker) -> AsyncInvoker:
     invoker = innermost
     for policy in reversed(policies):
-        invoker = functools.partial(policy._run_async, invoker)
+        invoker = policy._stage_async(invoker)
     return invoker
 
 
@@ -70,7 +70,7 @@ class Pipeline(Policy):
     ``pipeline.call_sync(fn, *args)``, or nest it in another pipeline (it is flattened).
     """
 
-    __slots__ = ("_any", "_coroutine", "_sync", "policies")
+    __slots__ = ("_any", "_sync", "policies")
 
     def __init__(self, *policies: Policy) -> None:
         flat: list[Policy] = []
@@ -85,7 +85,6 @@ class Pipeline(Policy):
                 )
         self.policies: tuple[Policy, ...] = tuple(flat)
         self._any = _chain_async(self.policies, invoke_any)
-        self._coroutine = _chain_async(self.policies, invoke_coroutine_function)
         self._sync = _chain_sync(self.policies, invoke_sync)
 
     def __repr__(self) -> str:
@@ -118,23 +117,18 @@ class Pipeline(Policy):
         return result
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
-        """Decorate ``fn`` with the whole pipeline (sync stays sync, async stays async)."""
-        if is_async_callable(fn):
-            chain = self._coroutine
+        """Decorate ``fn`` with the whole pipeline (sync stays sync, async stays async).
 
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await chain(fn, args, kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        sync_chain = self._sync
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return sync_chain(fn, args, kwargs)
-
-        return sync_wrapper
+        The policies' own decorators are nested, innermost first: each one inlines its
+        common path and calls the next wrapper directly, which is one frame less than the
+        wrapper-plus-stages chain ``call`` uses (the outcome is the same).
+        """
+        wrapped: Callable[P, T] = fn
+        for policy in reversed(self.policies):
+            wrapped = policy(wrapped)
+        if wrapped is not fn:
+            wrapped.__wrapped__ = fn  # type: ignore[attr-defined]
+        return wrapped
 
     @classmethod
     def from_dict(

@@ -10,7 +10,9 @@ each call. A policy implements two hooks:
 
 ``inner`` is a pre-bound callable chosen at build time, so composing policies costs no
 closure per call. Everything else (``call``, ``call_sync``, the decorator) derives from the
-two hooks.
+two hooks. A policy whose common path can be inlined also overrides ``_stage_async(next)``,
+which a :class:`~shipyard.resilience.Pipeline` calls once at build time to get the stage
+that runs this policy around ``next``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
+from shipyard.core.events import EventPublisher
+
 P = ParamSpec("P")
 T = TypeVar("T")
+E = TypeVar("E")
 
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
@@ -33,7 +38,11 @@ SyncInvoker = Callable[[Callable[..., Any], Args, Kwargs], Any]
 
 
 async def invoke_coroutine_function(fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
-    """Innermost stage for a function known (at build time) to be ``async def``."""
+    """Innermost stage for a function known (at build time) to be ``async def``.
+
+    Policies whose ``inner`` is this very function call ``fn`` directly instead, which
+    saves a coroutine frame per call (one identity test decides it).
+    """
     return await fn(*args, **kwargs)
 
 
@@ -60,6 +69,28 @@ def is_async_callable(fn: object) -> bool:
     )
 
 
+class WatchedEvents(EventPublisher[E]):
+    """An ``EventPublisher`` that calls ``changed()`` whenever listeners come or go, so
+    its policy keeps a fast-path flag up to date instead of asking on every call."""
+
+    __slots__ = ("_changed",)
+
+    def __init__(self, source: str, changed: Callable[[], None]) -> None:
+        super().__init__(source)
+        self._changed = changed
+
+    def subscribe(self, listener: Callable[[E], None]) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event; returns a function that unsubscribes."""
+        unsubscribe_listener = super().subscribe(listener)
+        self._changed()
+
+        def unsubscribe() -> None:
+            unsubscribe_listener()
+            self._changed()
+
+        return unsubscribe
+
+
 class Policy(ABC):
     """Base class of resilience policies: breaker, retry, timeout, bulkhead, limiter, fallback.
 
@@ -81,6 +112,14 @@ class Policy(ABC):
         self, inner: SyncInvoker, fn: Callable[..., Any], args: Args, kwargs: Kwargs
     ) -> Any:
         """Guard one synchronous invocation of ``inner(fn, args, kwargs)``."""
+
+    def _stage_async(self, next_stage: AsyncInvoker) -> AsyncInvoker:
+        """This policy as one pipeline stage around ``next_stage``, built once.
+
+        The default binds ``_run_async``; policies override it with a closure that inlines
+        their common path (no extra method lookups or frames per call).
+        """
+        return functools.partial(self._run_async, next_stage)
 
     @overload
     async def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...

@@ -212,6 +212,25 @@ class Retry(Policy):
             error = exc
         return self._retry_sync(inner, fn, args, kwargs, error, started)
 
+    def _stage_async(self, next_stage: AsyncInvoker) -> AsyncInvoker:
+        """A pipeline stage whose first attempt is a plain ``try``, like the decorator.
+
+        Only without budget and deadline: then the first attempt needs no bookkeeping.
+        """
+        if self._budget is not None or self._deadline is not None:
+            return super()._stage_async(next_stage)
+        retry_async = self._retry_async
+
+        async def retry_stage(fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
+            try:
+                return await next_stage(fn, args, kwargs)
+            except Exception as exc:
+                error = exc
+            # Outside the except block, so later errors do not chain to this one.
+            return await retry_async(next_stage, fn, args, kwargs, error, 0.0)
+
+        return retry_stage
+
     @overload
     async def call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
 
