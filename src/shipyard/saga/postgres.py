@@ -1,0 +1,13 @@
+"""The saga log in a service's PostgreSQL database."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from shipyard.saga.store import SqlSagaLog, ddl
+
+
+class PostgresSagaLog(SqlSagaLog):
+    """Saga records and timelines in PostgreSQL (``BYTEA`` data, double timestamps)."""
+
+    DDL: ClassVar[tuple[str, ...]] = ddl("BYTEA", "DOUBLE PRECISION")

@@ -1,0 +1,79 @@
+"""What the saga log holds: one record per saga and its timeline of transitions."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class SagaState(enum.StrEnum):
+    """Where a saga is. ``RUNNING`` and ``COMPENSATING`` are unfinished (recovery resumes
+    them); ``COMPLETED`` and ``COMPENSATED`` are final."""
+
+    RUNNING = "RUNNING"
+    COMPENSATING = "COMPENSATING"
+    COMPLETED = "COMPLETED"
+    COMPENSATED = "COMPENSATED"
+
+    @property
+    def finished(self) -> bool:
+        """True for the final states."""
+        return self in (SagaState.COMPLETED, SagaState.COMPENSATED)
+
+
+UNFINISHED = (SagaState.RUNNING, SagaState.COMPENSATING)
+
+
+class TransitionKind(enum.StrEnum):
+    """One entry of a saga's timeline."""
+
+    STARTED = "started"
+    STEP_STARTED = "step_started"
+    STEP_ATTEMPT_FAILED = "step_attempt_failed"
+    STEP_COMPLETED = "step_completed"
+    STEP_FAILED = "step_failed"
+    COMMAND_SENT = "command_sent"
+    COMPENSATION_STARTED = "compensation_started"
+    COMPENSATION_ATTEMPT_FAILED = "compensation_attempt_failed"
+    COMPENSATION_COMPLETED = "compensation_completed"
+    ALERT = "alert"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+
+
+@dataclass(slots=True)
+class SagaRecord:
+    """The saga's row in the log: where it is and its current data (JSON).
+
+    ``position`` is the index (in run order) of the step being run, or, while
+    compensating, of the step being compensated. ``awaiting`` is true while a command
+    step waits for its participant's reply. ``transitions`` counts timeline entries.
+    """
+
+    saga_id: str
+    name: str
+    version: int
+    fingerprint: str
+    state: SagaState
+    position: int
+    attempt: int
+    awaiting: bool
+    data: bytes
+    error: str | None
+    created_at: float
+    updated_at: float
+    transitions: int
+    failed_step: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One timeline entry: what happened to which step, on which attempt, with what error."""
+
+    saga_id: str
+    seq: int
+    kind: TransitionKind
+    step: str | None
+    attempt: int
+    error: str | None
+    at: float
