@@ -1,11 +1,34 @@
-"""Per-service databases: one ``Database`` port, SQLite (embedded) and PostgreSQL adapters.
+"""Per-service databases: one ``Database`` port, SQLite (embedded) and PostgreSQL adapters,
+bulkheaded pools, a database breaker, and schema migrations.
 
 Open by URL — ``await open_database("sqlite:///var/orders.db")`` or
-``await open_database("postgresql://...")`` — and write SQL with ``?`` placeholders.
+``await open_database("postgresql://...", pools={"api": {}, "analytics": {}},
+migrations="migrations/")`` — and write SQL with ``?`` placeholders. Run a transaction in
+a pool with ``db.transaction(pool="analytics", readonly=True)`` or
+``db.pool("analytics").transaction()``.
 """
 
-from shipyard.storage.database import Database, Dialect, Row, Transaction, open_database
-from shipyard.storage.errors import DatabaseClosedError, StorageError
+from shipyard.storage.database import (
+    Database,
+    Dialect,
+    PooledDatabase,
+    Row,
+    Transaction,
+    open_database,
+    redacted_url,
+)
+from shipyard.storage.errors import (
+    DatabaseClosedError,
+    DatabaseUnavailableError,
+    MigrationChecksumError,
+    MigrationError,
+    PoolExhaustedError,
+    StorageError,
+    UnknownPoolError,
+)
+from shipyard.storage.migrations import Migration, load_migrations, migrate
+from shipyard.storage.monitor import DatabaseHealth, database_breaker
+from shipyard.storage.pools import DEFAULT_POOLS, PoolConfig, PoolMetrics, PoolSettings, PoolView
 from shipyard.storage.sqlite import SqliteDatabase
 
 TYPE_CHECKING = False
@@ -25,14 +48,34 @@ def __getattr__(name: str) -> object:
 __all__ = [
     # the port
     "Database",
+    "PooledDatabase",
     "Transaction",
     "Dialect",
     "Row",
     "open_database",
+    "redacted_url",
     # adapters
     "SqliteDatabase",
     "PostgresDatabase",
+    # bulkheaded pools
+    "PoolSettings",
+    "PoolConfig",
+    "DEFAULT_POOLS",
+    "PoolMetrics",
+    "PoolView",
+    # breaker and health
+    "DatabaseHealth",
+    "database_breaker",
+    # migrations
+    "migrate",
+    "load_migrations",
+    "Migration",
     # errors
     "StorageError",
     "DatabaseClosedError",
+    "PoolExhaustedError",
+    "UnknownPoolError",
+    "DatabaseUnavailableError",
+    "MigrationError",
+    "MigrationChecksumError",
 ]

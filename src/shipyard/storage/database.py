@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Protocol
+from os import PathLike
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from shipyard.core import ConfigError
+
+if TYPE_CHECKING:
+    from shipyard.storage.monitor import DatabaseHealth
+    from shipyard.storage.pools import PoolMetrics, PoolView
 
 Dialect = Literal["sqlite", "postgresql"]
 Row = tuple[Any, ...]
@@ -54,24 +60,60 @@ class Database(Protocol):
         """Close every connection; the database cannot be used afterwards."""
 
 
-async def open_database(url: str, **options: Any) -> Database:
+class PooledDatabase(Database, Protocol):
+    """A :class:`Database` with named, bulkheaded pools and a health snapshot — what
+    :func:`open_database` returns."""
+
+    def transaction(
+        self, *, pool: str | None = None, readonly: bool = False
+    ) -> AbstractAsyncContextManager[Transaction]:
+        """Begin a transaction in ``pool`` (default: the first pool configured);
+        ``readonly=True`` promises it only reads (it may then run beside writers)."""
+
+    def pool(self, name: str) -> PoolView:
+        """The named pool as a ``Database`` of its own."""
+
+    def pool_metrics(self) -> dict[str, PoolMetrics]:
+        """Size, in use, waiting and rejected, per pool."""
+
+    def health(self) -> DatabaseHealth:
+        """Breaker state and pool metrics, for health checks and dashboards."""
+
+
+async def open_database(
+    url: str, *, migrations: str | PathLike[str] | None = None, **options: Any
+) -> PooledDatabase:
     """Open the database at ``url``: ``sqlite:///path/to.db`` or ``postgresql://...``.
 
-    Keyword options go to the adapter (:class:`SqliteDatabase` or :class:`PostgresDatabase`).
+    Keyword options go to the adapter (:class:`SqliteDatabase` or :class:`PostgresDatabase`),
+    e.g. ``pools={"api": {}, "analytics": {"size": 3}}``. With ``migrations`` (a folder of
+    ``0001_name.sql`` files) the pending migrations are applied before it is returned; if
+    that fails the database is closed again and the error raised.
     """
+    db: PooledDatabase
     if url.startswith("sqlite://"):
         from shipyard.storage.sqlite import SqliteDatabase
 
         sqlite = SqliteDatabase(sqlite_path(url), **options)
         await sqlite.connect()
-        return sqlite
-    if url.startswith(("postgresql://", "postgres://")):
+        db = sqlite
+    elif url.startswith(("postgresql://", "postgres://")):
         from shipyard.storage.postgres import PostgresDatabase
 
         postgres = PostgresDatabase(url, **options)
         await postgres.connect()
-        return postgres
-    raise ConfigError("url", url, "must start with sqlite:/// or postgresql://")
+        db = postgres
+    else:
+        raise ConfigError("url", url, "must start with sqlite:/// or postgresql://")
+    if migrations is not None:
+        from shipyard.storage.migrations import migrate
+
+        try:
+            await migrate(db, migrations)
+        except BaseException:
+            await db.close()
+            raise
+    return db
 
 
 def sqlite_path(url: str) -> str:
@@ -85,3 +127,13 @@ def sqlite_path(url: str) -> str:
     if not path:
         raise ConfigError("url", url, "must name a file: sqlite:///path/to/file.db")
     return path
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages, logs and metrics."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -1,10 +1,19 @@
-"""SQLite adapter: one connection owned by a dedicated worker thread.
+"""SQLite adapter: connections owned by dedicated worker threads.
 
-sqlite3 blocks, so every statement runs on the connection's own thread and the event loop
-only awaits the result. One connection per ``SqliteDatabase`` means transactions in this
+sqlite3 blocks, so every statement runs on its connection's own thread and the event loop
+only awaits the result. Writes go through one writer connection: transactions in this
 process queue on an ``asyncio.Lock`` (SQLite has a single writer anyway); other processes
-sharing the file wait on ``busy_timeout``. Transactions start with ``BEGIN IMMEDIATE`` so
-the write lock is taken up front instead of failing half-way with ``SQLITE_BUSY``.
+sharing the file wait on ``busy_timeout``. Write transactions start with
+``BEGIN IMMEDIATE`` so the write lock is taken up front instead of failing half-way with
+``SQLITE_BUSY``.
+
+Pools (:mod:`shipyard.storage.pools`) are bulkheads on concurrency. A transaction opened
+with ``readonly=True`` runs on a read-only connection of its pool's own (up to ``size``
+of them, opened on first use, each with its own thread), so in WAL mode a slow
+``analytics`` report blocks neither ``api`` reads nor the writer. Write transactions of
+every pool still share the one writer: a slow write holds up other writes whatever
+its pool. ``:memory:`` databases are private to a connection, so there every
+transaction uses the writer.
 
 A round trip to the worker thread costs far more than a small SQLite statement, so the
 ``BEGIN`` travels with the transaction's first statement, and the thread hand-off is a
@@ -22,12 +31,19 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 from shipyard.core import validation
+from shipyard.core.clock import SYSTEM_CLOCK, Clock
 from shipyard.storage.database import Dialect, Row
 from shipyard.storage.errors import DatabaseClosedError
+from shipyard.storage.monitor import DatabaseHealth
+from shipyard.storage.pools import PoolConfig, PoolMetrics, Pools, PoolView
 
 T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+OnConnect = Callable[[sqlite3.Connection], None]
+"""Called with each new connection on its own thread (register functions, collations)."""
 
+# Transactions without a pool share this many connections' worth of concurrency.
+DEFAULT_POOL_SIZE = 10
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 
@@ -52,27 +68,60 @@ def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
             loop.call_soon_threadsafe(_resolve, future, True, result)
 
 
-def _begin_then(conn: sqlite3.Connection, fn: Callable[..., T], sql: str, params: Any) -> T:
-    conn.execute("BEGIN IMMEDIATE")
+class _Worker:
+    """One sqlite3 connection and the thread that runs every statement on it, in order."""
+
+    __slots__ = ("_jobs", "_url", "conn")
+
+    def __init__(self, url: str, name: str) -> None:
+        self._url = url
+        self._jobs: queue.SimpleQueue[_Job | None] | None = queue.SimpleQueue()
+        self.conn: sqlite3.Connection | None = None
+        threading.Thread(target=_work, args=(self._jobs,), name=name, daemon=True).start()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` on the worker thread."""
+        if self._jobs is None:
+            raise DatabaseClosedError(self._url)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((fn, (self.conn, *args), loop, future))
+        return await future
+
+    async def stop(self) -> None:
+        """Close the connection and end the thread."""
+        if self._jobs is None:
+            return
+        if self.conn is not None:
+            await self.call(_close)
+        jobs, self._jobs, self.conn = self._jobs, None, None
+        jobs.put(None)
+
+
+def _begin_then(
+    conn: sqlite3.Connection, begin: str, fn: Callable[..., T], sql: str, params: Any
+) -> T:
+    conn.execute(begin)
     return fn(conn, sql, params)
 
 
 class SqliteTransaction:
     """A transaction on a :class:`SqliteDatabase` (see :class:`~shipyard.storage.Transaction`)."""
 
-    __slots__ = ("_begun", "_callbacks", "_db")
+    __slots__ = ("_begin", "_begun", "_callbacks", "_worker")
 
-    def __init__(self, db: SqliteDatabase) -> None:
-        self._db = db
+    def __init__(self, worker: _Worker, begin: str = "BEGIN IMMEDIATE") -> None:
+        self._worker = worker
+        self._begin = begin
         self._begun = False
         self._callbacks: list[Callable[[], None]] = []
 
     async def _run(self, fn: Callable[..., T], sql: str, params: Any) -> T:
         if self._begun:
-            return await self._db._call(fn, sql, params)
+            return await self._worker.call(fn, sql, params)
         # BEGIN rides along with the first statement: one thread round trip, not two.
         try:
-            return await self._db._call(_begin_then, fn, sql, params)
+            return await self._worker.call(_begin_then, self._begin, fn, sql, params)
         finally:
             # Even on failure or cancellation the BEGIN may have run: end it at exit.
             self._begun = True
@@ -104,18 +153,32 @@ class SqliteDatabase:
     ``synchronous="NORMAL"`` (default) survives process crashes without losing committed
     transactions; ``"FULL"`` also survives power loss at the cost of an fsync per commit.
     ``busy_timeout`` is how long a transaction waits for another process's write lock.
+    ``pools`` configures named pools (default: one pool, ``default``, of
+    ``DEFAULT_POOL_SIZE`` where callers wait as long as it takes); ``clock`` times their
+    ``max_wait``. ``on_connect`` runs on every new connection, writer and readers.
     """
 
     def __init__(
-        self, path: str, *, synchronous: Synchronous = "NORMAL", busy_timeout: float = 5.0
+        self,
+        path: str,
+        *,
+        synchronous: Synchronous = "NORMAL",
+        busy_timeout: float = 5.0,
+        pools: PoolConfig | None = None,
+        on_connect: OnConnect | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         validation.one_of("synchronous", synchronous, ("OFF", "NORMAL", "FULL", "EXTRA"))
         self._busy_ms = int(validation.positive("busy_timeout", busy_timeout) * 1000)
         self._path = path
         self._synchronous = synchronous
-        self._jobs: queue.SimpleQueue[_Job | None] | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._on_connect = on_connect
+        self._pools = Pools.build(self.url, pools, default_size=DEFAULT_POOL_SIZE, clock=clock)
+        self._writer: _Worker | None = None
         self._lock = asyncio.Lock()
+        # Idle read-only connections per pool, and every one opened (to close them).
+        self._idle: dict[str, list[_Worker]] = {name: [] for name in self._pools.settings}
+        self._readers: list[_Worker] = []
 
     @property
     def url(self) -> str:
@@ -128,60 +191,120 @@ class SqliteDatabase:
         return "sqlite"
 
     async def connect(self) -> None:
-        """Open the connection on the worker thread (``open_database`` does this)."""
-        if self._jobs is not None:
+        """Open the writer connection on its thread (``open_database`` does this)."""
+        if self._writer is not None:
             return
-        self._jobs = queue.SimpleQueue()
-        threading.Thread(
-            target=_work, args=(self._jobs,), name=f"shipyard-sqlite {self._path}", daemon=True
-        ).start()
-        self._conn = await self._call(self._open)
+        writer = _Worker(self.url, f"shipyard-sqlite {self._path}")
+        try:
+            writer.conn = await writer.call(self._open, False)
+        except BaseException:
+            await writer.stop()
+            raise
+        self._writer = writer
 
-    def _open(self, _conn: object = None) -> sqlite3.Connection:
+    def _open(self, _conn: object, readonly: bool) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
-        if self._path != ":memory:":
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        if readonly:
+            # A reader that tries to write fails at once instead of racing the writer.
+            conn.execute("PRAGMA query_only=ON")
+        else:
+            if self._path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        if self._on_connect is not None:
+            self._on_connect(conn)
         return conn
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._jobs is None:
+        """``fn(conn, *args)`` on the writer's thread."""
+        if self._writer is None:
             raise DatabaseClosedError(self.url)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((fn, (self._conn, *args), loop, future))
-        return await future
+        return await self._writer.call(fn, *args)
+
+    async def _take_reader(self, pool: str) -> _Worker:
+        idle = self._idle[pool]
+        if idle:
+            return idle.pop()
+        # The pool's bulkhead caps how many run at once, so at most ``size`` get opened.
+        reader = _Worker(self.url, f"shipyard-sqlite {self._path} {pool} reader")
+        try:
+            reader.conn = await reader.call(self._open, True)
+        except BaseException:
+            await reader.stop()
+            raise
+        self._readers.append(reader)
+        return reader
+
+    def pool(self, name: str) -> PoolView:
+        """The named pool as a ``Database`` of its own."""
+        return PoolView(self, self._pools.name(name))
+
+    def pool_metrics(self) -> dict[str, PoolMetrics]:
+        """Size, in use, waiting and rejected, per pool."""
+        return self._pools.metrics()
+
+    def health(self) -> DatabaseHealth:
+        """Pool metrics (a local file has no breaker)."""
+        return DatabaseHealth(self.url, "sqlite", None, self._pools.metrics())
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` when the block raises)."""
-        if self._jobs is None:
+    async def transaction(
+        self, *, pool: str | None = None, readonly: bool = False
+    ) -> AsyncIterator[SqliteTransaction]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` when the block raises) in
+        ``pool`` (default: the first configured). ``readonly=True``: a read-only snapshot
+        on one of the pool's reader connections, beside the writer.
+
+        Raises ``PoolExhaustedError`` when the pool has no room within its ``max_wait``.
+        """
+        name = self._pools.name(pool)
+        if self._writer is None:
             raise DatabaseClosedError(self.url)
-        async with self._lock:
-            tx = SqliteTransaction(self)
-            try:
-                yield tx
-            except BaseException:
-                if tx._begun:
-                    # The worker runs jobs in order, so the rollback lands before any later
-                    # BEGIN even if this task is cancelled again while awaiting it.
-                    await self._call(_rollback_if_open)
-                raise
-            if tx._begun:
-                await self._call(_commit)
+        async with self._pools.slot(name):
+            writer = self._writer
+            if writer is None:  # closed while this caller waited for the pool
+                raise DatabaseClosedError(self.url)
+            if readonly and self._path != ":memory:":
+                reader = await self._take_reader(name)
+                try:
+                    async with _scope(SqliteTransaction(reader, "BEGIN")) as tx:
+                        yield tx
+                finally:
+                    if reader.conn is not None:  # not closed meanwhile
+                        self._idle[name].append(reader)
+            else:
+                async with self._lock, _scope(SqliteTransaction(writer)) as tx:
+                    yield tx
         for callback in tx._callbacks:
             callback()
 
     async def close(self) -> None:
-        """Close the connection and stop the worker thread."""
-        if self._jobs is None:
-            return
-        if self._conn is not None:
-            await self._call(_close)
-        jobs, self._jobs, self._conn = self._jobs, None, None
-        jobs.put(None)  # ends the worker thread
+        """Close every connection and stop their threads."""
+        readers, self._readers = self._readers, []
+        for idle in self._idle.values():
+            idle.clear()
+        for reader in readers:
+            await reader.stop()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.stop()
+
+
+@asynccontextmanager
+async def _scope(tx: SqliteTransaction) -> AsyncIterator[SqliteTransaction]:
+    """Commit when the block exits, roll back when it raises."""
+    try:
+        yield tx
+    except BaseException:
+        if tx._begun:
+            # The worker runs jobs in order, so the rollback lands before any later
+            # BEGIN even if this task is cancelled again while awaiting it.
+            await tx._worker.call(_rollback_if_open)
+        raise
+    if tx._begun:
+        await tx._worker.call(_commit)
 
 
 def _rollback_if_open(conn: sqlite3.Connection) -> None:
