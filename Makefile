@@ -11,8 +11,9 @@ bootstrap:
 	@$(UV) sync --frozen --all-extras --quiet
 	@$(MAKE) --no-print-directory npm-deps
 
-# npm packages the tests use (the npm consul client runs against our registry).
-NPM_DIRS := tests/discovery/registry/npm
+# npm packages the tests use: the npm consul client (run against our registry) and
+# playwright-core (drives Debian's Chromium in the dashboard test).
+NPM_DIRS := tests/discovery/registry/npm tests/dashboard/browser
 npm-deps:
 	@for dir in $(NPM_DIRS); do \
 		test -d $$dir/node_modules || npm ci --silent --no-audit --no-fund --prefix $$dir || \
