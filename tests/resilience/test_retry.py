@@ -127,6 +127,26 @@ async def test_cancellation_is_never_retried() -> None:
     assert flaky.calls == 1
 
 
+def test_should_retry_answers_with_retry_on_and_give_up_on() -> None:
+    retry = Retry(retry_on=ConnectionError, clock=ManualClock())
+    assert retry.should_retry(ConnectionError("reset"))
+    assert not retry.should_retry(KeyError("nope"))
+    # The default give_up_on: a 4xx is final even though retry_on matches it.
+    assert not Retry(clock=ManualClock()).should_retry(HTTPError(404))
+    assert Retry(clock=ManualClock()).should_retry(HTTPError(503))
+
+
+def test_should_retry_is_false_once_the_attempts_are_used_up() -> None:
+    retry = Retry(max_attempts=3, clock=ManualClock())
+    assert retry.should_retry(ConnectionError(), attempt=2)
+    assert not retry.should_retry(ConnectionError(), attempt=3)
+
+
+def test_should_retry_never_retries_a_cancellation() -> None:
+    retry = Retry(retry_on=(BaseException,), give_up_on=None, clock=ManualClock())
+    assert not retry.should_retry(asyncio.CancelledError())
+
+
 async def test_retry_after_hint_stretches_the_wait() -> None:
     clock = ManualClock()
     flaky = Flaky(HTTPError(503, retry_after=7.5), RateLimitExceededError("api", 0.01))

@@ -173,6 +173,18 @@ async def test_a_step_that_exhausts_its_retries_fails_the_saga() -> None:
     await db.close()
 
 
+async def test_a_step_error_its_retry_would_not_retry_fails_at_once() -> None:
+    agency = Agency()
+    agency.fail["hotel"] = -1  # ConnectionError, which this retry does not cover
+    retry = Retry(max_attempts=5, retry_on=TimeoutError, clock=ManualClock())
+    db = await _memory_db()
+    orch = await orchestrator(db, trip_saga(agency, hotel={"retry": retry}))
+    record = await orch.execute("trip", Trip("t-1"))
+    assert (record.state, record.failed_step) == (SagaState.COMPENSATED, "hotel")
+    assert agency.calls == ["flight#1", "hotel#1", "undo flight#1"]
+    await db.close()
+
+
 async def test_a_step_attempt_that_times_out_counts_as_a_failure() -> None:
     clock = ManualClock()
     agency = Agency()

@@ -189,6 +189,22 @@ class Retry(Policy):
             f"base_delay={self.base_delay}, jitter={self.jitter!r})"
         )
 
+    def should_retry(self, error: BaseException, *, attempt: int | None = None) -> bool:
+        """Whether this retry would try again after ``error``: it is an ``Exception`` (never
+        a cancellation), ``retry_on`` matches it and ``give_up_on`` does not. With
+        ``attempt`` (the number of the attempt that just failed, 1 = first call) it is also
+        False once ``max_attempts`` are used up. Deadline and budget are not consulted:
+        they depend on when the call started and on other callers.
+
+        For code that runs attempts itself (a saga step, a message handler) but wants the
+        same rules as the ``Retry`` it was given.
+        """
+        if attempt is not None and attempt >= self.max_attempts:
+            return False
+        return (
+            isinstance(error, Exception) and self._retry_on(error) and not self._give_up_on(error)
+        )
+
     # -- the hot path -------------------------------------------------------------------
 
     async def _run_async(

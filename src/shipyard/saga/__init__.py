@@ -5,7 +5,9 @@ tracker, and a harness that proves a saga under every failure and crash
 Declare a :class:`SagaDefinition` of :class:`Step` s, register it on an
 :class:`Orchestrator` over the service's database, and ``await orchestrator.execute(
 "order", data)``; after a restart ``await orchestrator.recover()`` resumes every
-unfinished saga where it stopped.
+unfinished saga where it stopped. Several orchestrators may share one saga log: give
+each an ``owner=`` and call ``start_heartbeat()``; each saga is leased to one of them,
+and a dead one's sagas are taken over when its leases expire.
 """
 
 from shipyard.saga.choreography import Participant, StepRejected, carry
@@ -19,6 +21,8 @@ from shipyard.saga.definition import (
 )
 from shipyard.saga.diagram import mermaid, saga_diagram
 from shipyard.saga.errors import (
+    LeaseLostError,
+    ReplyTimeoutError,
     SagaDefinitionError,
     SagaError,
     SagaNotFound,
@@ -88,4 +92,6 @@ __all__ = [
     "UnknownSagaError",
     "SagaVersionMismatchError",
     "SemanticLockError",
+    "ReplyTimeoutError",
+    "LeaseLostError",
 ]

@@ -63,9 +63,12 @@ class Step(Generic[D]):
     Give either ``action`` (called in process, or over HTTP via
     :func:`~shipyard.saga.http_action`) or ``command`` (a command message through the
     outbox; the saga waits for the participant's reply). ``compensation`` /
-    ``compensation_command`` undo it. ``retry`` retries a failing action (its
-    ``max_attempts``, backoff and ``retry_after`` are used; the orchestrator's clock
-    sleeps); ``timeout`` bounds each attempt. ``pivot=True`` marks the go/no-go step:
+    ``compensation_command`` undo it. ``retry`` retries a failing action or command (its
+    ``max_attempts``, backoff, ``retry_after`` and :meth:`~shipyard.resilience.Retry.
+    should_retry` are used; the orchestrator's clock sleeps). ``timeout`` bounds each
+    attempt — for a command step (and its compensation command) the wait for the reply:
+    the deadline is stored with the command, and when it passes the attempt fails with
+    :class:`~shipyard.saga.ReplyTimeoutError`. ``pivot=True`` marks the go/no-go step:
     steps after it are retried until they succeed. ``read_only=True`` marks a step that
     changes nothing, so it needs no compensation. ``after`` names steps that must run
     first (default: none beyond the declaration order).

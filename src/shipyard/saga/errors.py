@@ -73,3 +73,33 @@ class SemanticLockError(SagaError, RuntimeError):
             f"{resource} is pending in saga {holder!r}; wait until that saga finishes "
             "(or compensates) and try again"
         )
+
+
+class ReplyTimeoutError(SagaError, TimeoutError):
+    """A command step's participant did not reply before the step's timeout; the attempt
+    counts as failed (the step's retry sends the command again, or the saga compensates)."""
+
+    def __init__(self, saga_id: str, step: str, attempt: int, timeout: float) -> None:
+        self.saga_id = saga_id
+        self.step = step
+        self.attempt = attempt
+        self.timeout = timeout
+        super().__init__(
+            f"no reply to step {step!r} (attempt {attempt}) of saga {saga_id!r} within "
+            f"{timeout:g}s; a later reply to this attempt is ignored — check that the "
+            "participant consumes the command and publishes its StepReply, or raise timeout="
+        )
+
+
+class LeaseLostError(SagaError, RuntimeError):
+    """Another orchestrator took the saga over (this one's lease had expired); this one
+    stops driving it. Renew leases in time with ``start_heartbeat()``."""
+
+    def __init__(self, saga_ids: list[str], owner: str | None) -> None:
+        self.saga_ids = saga_ids
+        self.owner = owner
+        super().__init__(
+            f"orchestrator {owner!r} no longer holds the lease of saga(s) "
+            f"{', '.join(map(repr, saga_ids))}: another orchestrator took them over after "
+            "the lease expired; keep leases renewed with start_heartbeat() or raise lease="
+        )

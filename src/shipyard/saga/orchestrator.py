@@ -12,24 +12,44 @@ A step that fails (after its retries) starts the compensations of the completed 
 newest first. Compensations, and steps after the pivot, are retried until they succeed,
 with capped exponential backoff; after ``alert_after`` failed attempts an ``alert`` is
 logged, recorded in the timeline and emitted to ``events`` listeners.
+
+Reply timeouts. A command step with ``timeout=`` waits that long for its reply. The
+deadline is stored with the transition that sends the command, so an orchestrator that
+restarts (or takes the saga over) re-arms it from the log. When it passes, the attempt
+fails with :class:`ReplyTimeoutError`: the step's retry sends the command again as the
+next attempt (a late reply to the timed-out attempt is then stale and ignored), or the
+saga compensates — starting with the timed-out step itself, since its participant may
+have acted without the reply reaching us (compensations must tolerate "never done").
+
+Leases. Several orchestrators may share one saga log: each unfinished saga's row names
+its ``owner`` and ``lease_until``. An orchestrator writes a saga only while it holds the
+lease (every write renews it; :meth:`Orchestrator.start_heartbeat` renews the leases of
+sagas in long steps or awaiting replies, and takes over sagas whose lease expired —
+those of a dead orchestrator — without a restart). A saga awaiting a reply is driven by
+nobody, so whichever orchestrator receives the reply (or sees its deadline pass) takes
+the lease and moves it on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
 
 from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError, EventPublisher, get_logger, validation
+from shipyard.core.clock import TimerHandle
 from shipyard.messaging import Event, Outbox, install_schema
 from shipyard.resilience import Retry, Timeout, backoff_delay
 from shipyard.saga.definition import SagaDefinition, Step, StepContext
 from shipyard.saga.errors import (
+    LeaseLostError,
+    ReplyTimeoutError,
     SagaDefinitionError,
     SagaVersionMismatchError,
     UnknownSagaError,
@@ -73,7 +93,15 @@ class Orchestrator:
     dialect is used). ``outbox`` is required for command steps; commands are added to it in
     the transition's transaction. Compensations and steps after the pivot back off from
     ``backoff_base`` to ``backoff_max`` seconds between attempts and raise an alert after
-    ``alert_after`` failures. ``clock`` drives every backoff and step timeout.
+    ``alert_after`` failures. ``clock`` drives every backoff, step timeout, reply
+    deadline and lease.
+
+    ``owner`` names this orchestrator in the saga log's leases. The default, the host
+    name, is stable across restarts, so a restarted orchestrator's ``recover()`` resumes
+    its predecessor's sagas at once, as with a single orchestrator. Processes sharing one
+    log must each pass their own stable ``owner`` (a pod name) and call
+    :meth:`start_heartbeat`: then each saga is driven by one of them, and another takes
+    over a dead one's sagas after ``lease`` seconds without renewal.
     """
 
     def __init__(
@@ -87,6 +115,8 @@ class Orchestrator:
         clock: Clock = SYSTEM_CLOCK,
         on_commit: CommitHook | None = None,
         random_source: Callable[[], float] = random.random,
+        owner: str | None = None,
+        lease: float = 30.0,
     ) -> None:
         self.log: SagaLog = (
             saga_log_for(cast(Database, log)) if _is_database(log) else cast(SagaLog, log)
@@ -103,6 +133,14 @@ class Orchestrator:
         self._clock = clock
         self._on_commit = on_commit
         self._random = random_source
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise ConfigError("owner", owner, "must be a non-empty string")
+        self.owner = owner or socket.gethostname() or "orchestrator"
+        """This orchestrator's name in the saga log's leases."""
+        self._lease = validation.positive("lease", lease)
+        self._timers: dict[str, TimerHandle] = {}
+        self._heartbeat: TimerHandle | None = None
+        self._side_tasks: set[asyncio.Task[Any]] = set()
         self._definitions: dict[tuple[str, int], AnyDefinition] = {}
         self._latest: dict[str, AnyDefinition] = {}
         self._timeouts: dict[int, Timeout] = {}
@@ -178,6 +216,8 @@ class Orchestrator:
             )
         saga_id = saga_id or str(uuid.uuid4())
         record = await self._create(definition, saga_id, data)
+        if record.owner != self.owner or record.lease_until is None:
+            return await self.resume(saga_id)  # started before (maybe by another)
         return await self._drive_once(definition, record, data)
 
     async def start(
@@ -188,22 +228,80 @@ class Orchestrator:
         definition = self._resolve(saga)
         saga_id = saga_id or str(uuid.uuid4())
         record = await self._create(definition, saga_id, data)
-        self._spawn(definition, record, definition.decode(record.data))
+        if record.owner != self.owner or record.lease_until is None:
+            # Started before, maybe by another orchestrator: drive it only if ours now.
+            now = self._clock.now()
+            claimed = await self.log.claim(saga_id, self.owner, now + self._lease, now)
+            if claimed is None:
+                return saga_id
+            record = claimed
+        self._resume_later(record)
         return saga_id
 
     async def resume(self, saga_id: str) -> SagaRecord:
-        """Drive one saga on from its last committed transition."""
+        """Drive one saga on from its last committed transition, after taking its lease;
+        a saga whose lease another live orchestrator holds is returned as it stands."""
         record = await self.log.get(saga_id)
         if record.state.finished:
             return record
         definition = self._definition_of(record)
-        return await self._drive_once(definition, record, definition.decode(record.data))
+        if saga_id in self._tasks:
+            return await self._drive_once(definition, record, None)
+        now = self._clock.now()
+        claimed = await self.log.claim(saga_id, self.owner, now + self._lease, now)
+        if claimed is None:
+            return await self.log.get(saga_id)
+        if claimed.awaiting:
+            self._arm(claimed)
+            return claimed
+        return await self._drive_once(definition, claimed, definition.decode(claimed.data))
 
     async def recover(self) -> list[SagaRecord]:
-        """Resume every unfinished saga of the log (concurrently); returns their records
-        as they stand afterwards (finished, or waiting for a reply)."""
+        """Resume every unfinished saga of the log that is unowned, this orchestrator's,
+        or whose lease expired (concurrently); returns their records as they stand
+        afterwards (finished, waiting for a reply, or held by another orchestrator)."""
         unfinished = await self.log.unfinished()
         return list(await asyncio.gather(*(self.resume(r.saga_id) for r in unfinished)))
+
+    async def heartbeat(self) -> list[str]:
+        """Renew this orchestrator's leases, then take over every unfinished saga that is
+        unowned or whose lease expired (they run in the background); returns their ids."""
+        now = self._clock.now()
+        await self.log.renew(self.owner, now + self._lease)
+        taken: list[str] = []
+        for record in await self.log.claimable(self.owner, now):
+            claimed = await self.log.claim(record.saga_id, self.owner, now + self._lease, now)
+            if claimed is None:
+                continue  # another orchestrator was quicker
+            _log.info("saga taken over", saga_id=claimed.saga_id, previous_owner=record.owner)
+            taken.append(claimed.saga_id)
+            self._resume_later(claimed)
+        return taken
+
+    def start_heartbeat(self, every: float | None = None) -> None:
+        """Run :meth:`heartbeat` every ``every`` seconds on the clock (default: a third of
+        the lease) until :meth:`close`. Needed when orchestrators share a saga log;
+        calling it again while it runs changes nothing."""
+        if self._heartbeat is not None:
+            return
+        interval = self._lease / 3 if every is None else validation.positive("every", every)
+        if interval >= self._lease:
+            raise ConfigError("every", every, f"must be shorter than the lease ({self._lease}s)")
+
+        previous: asyncio.Task[Any] | None = None
+
+        async def after(earlier: asyncio.Task[Any] | None) -> None:
+            if earlier is not None:
+                await asyncio.wait([earlier])  # a slow beat delays the next, never doubles it
+            await self.heartbeat()
+
+        def beat() -> None:
+            nonlocal previous
+            # Re-armed at once, so beats keep to the clock however long each one takes.
+            self._heartbeat = self._clock.call_later(interval, beat)
+            previous = self._background(after(previous))
+
+        self._heartbeat = self._clock.call_later(interval, beat)
 
     async def wait(self, saga_id: str) -> SagaRecord:
         """Wait for the saga's background run (if any) and return its record."""
@@ -212,12 +310,22 @@ class Orchestrator:
             await asyncio.shield(task)
         return await self.log.get(saga_id)
 
-    async def close(self) -> None:
-        """Cancel background runs (they resume on the next ``recover``)."""
-        tasks = list(self._tasks.values())
+    async def close(self, *, release: bool = True) -> None:
+        """Cancel background runs, reply timers and the heartbeat; with ``release`` give
+        up this orchestrator's leases so others resume its sagas at once (without, they
+        wait for the leases to expire — as after a crash)."""
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.cancel()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        tasks = [*self._tasks.values(), *self._side_tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if release:
+            await self.log.release(self.owner)
 
     async def handle_reply(self, reply: StepReply, tx: Transaction) -> None:
         """Bus handler for :class:`StepReply`: record the outcome in the consumer's
@@ -238,11 +346,16 @@ class Orchestrator:
             record.attempt,
         ):
             return
+        claimed = await self._claim_awaiting(tx, record)
+        if claimed is None:
+            return  # timed out or answered meanwhile
+        record = claimed
         data = definition.decode(record.data)
         if reply.data:
             merged = {**msgspec.to_builtins(data), **reply.data}
             data = msgspec.convert(merged, definition.data_type)
         record.awaiting = False
+        record.deadline = None
         pending: list[Transition] = []
         commands: list[Event] = []
         if reply.ok:
@@ -253,8 +366,99 @@ class Orchestrator:
         else:
             error = reply.error or "participant replied with a failure"
             self._failed_attempt(definition, record, step, error, pending, commands, data)
+        await self._save_outcome(tx, definition, record, data, pending, commands)
+
+    # -- reply deadlines ---------------------------------------------------------------
+
+    def _arm(self, record: SagaRecord) -> None:
+        """Start (or restart) the timer of the reply ``record`` waits for, if it has a
+        deadline; a deadline already past is handled at once."""
+        old = self._timers.pop(record.saga_id, None)
+        if old is not None:
+            old.cancel()
+        if not record.awaiting or record.deadline is None or record.state.finished:
+            return
+        saga_id, state, position, attempt = (
+            record.saga_id,
+            record.state,
+            record.position,
+            record.attempt,
+        )
+
+        def expire() -> None:
+            self._timers.pop(saga_id, None)
+            self._background(self._time_out(saga_id, state, position, attempt))
+
+        delay = record.deadline - self._clock.now()
+        if delay <= 0:
+            expire()
+        else:
+            self._timers[saga_id] = self._clock.call_later(delay, expire)
+
+    async def _time_out(self, saga_id: str, state: SagaState, position: int, attempt: int) -> None:
+        """The awaited reply did not come in time: fail the attempt (retry or compensate)."""
+        async with self._db.transaction() as tx:
+            now = self._clock.now()
+            record = await self.log.claim_awaiting(
+                tx,
+                saga_id,
+                self.owner,
+                now + self._lease,
+                state=state,
+                position=position,
+                attempt=attempt,
+            )
+            if record is None or record.deadline is None:
+                return  # the reply came first
+            if record.deadline > now:
+                self._arm(record)  # fired early by another orchestrator's clock: wait on
+                return
+            definition = self._definition_of(record)
+            step = definition.order[record.position]
+            timeout = step.timeout if step.timeout is not None else 0.0
+            error = ReplyTimeoutError(saga_id, step.name, attempt, timeout)
+            data = definition.decode(record.data)
+            record.awaiting = False
+            record.deadline = None
+            pending: list[Transition] = []
+            commands: list[Event] = []
+            self._failed_attempt(
+                definition,
+                record,
+                step,
+                _describe(error),
+                pending,
+                commands,
+                data,
+                error,
+                uncertain=True,
+            )
+            await self._save_outcome(tx, definition, record, data, pending, commands)
+
+    async def _claim_awaiting(self, tx: Transaction, record: SagaRecord) -> SagaRecord | None:
+        return await self.log.claim_awaiting(
+            tx,
+            record.saga_id,
+            self.owner,
+            self._clock.now() + self._lease,
+            state=record.state,
+            position=record.position,
+            attempt=record.attempt,
+        )
+
+    async def _save_outcome(
+        self,
+        tx: Transaction,
+        definition: AnyDefinition,
+        record: SagaRecord,
+        data: Any,
+        pending: list[Transition],
+        commands: list[Event],
+    ) -> None:
+        """Write a reply's (or a timeout's) transition in ``tx``; drive on after commit."""
         record.data = msgspec.json.encode(data)
         record.updated_at = self._clock.now()
+        record.lease_until = record.updated_at + self._lease
         await self.log.save(tx, record, pending)
         if commands:
             assert self._outbox is not None
@@ -293,12 +497,36 @@ class Orchestrator:
         self._tasks[record.saga_id] = task
         task.add_done_callback(self._forget)
 
+    def _resume_later(self, record: SagaRecord) -> None:
+        """Drive a saga this orchestrator holds in the background (or arm its timer)."""
+        if record.state.finished:
+            return
+        if record.awaiting:
+            self._arm(record)
+            return
+        definition = self._definition_of(record)
+        self._spawn(definition, record, definition.decode(record.data))
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_done)
+        return task
+
+    def _side_done(self, task: asyncio.Task[Any]) -> None:
+        self._side_tasks.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, Exception):
+            _log.error("saga timer or heartbeat failed", error=_describe(error))
+
     def _forget(self, task: asyncio.Task[SagaRecord]) -> None:
         for saga_id, running in list(self._tasks.items()):
             if running is task:
                 del self._tasks[saga_id]
         error = None if task.cancelled() else task.exception()
-        if isinstance(error, Exception):
+        if isinstance(error, LeaseLostError):
+            _log.warning("saga taken over by another orchestrator", error=str(error))
+        elif isinstance(error, Exception):
             _log.error("saga run stopped; recover() resumes it", error=_describe(error))
 
     async def _drive_once(
@@ -308,7 +536,11 @@ class Orchestrator:
         if running is not None:
             await asyncio.shield(running)
             return await self.log.get(record.saga_id)
-        return await self._drive(definition, record, data)
+        try:
+            return await self._drive(definition, record, data)
+        except LeaseLostError:
+            # Another orchestrator took the saga over: it is theirs to finish.
+            return await self.log.get(record.saga_id)
 
     async def _create(
         self, definition: AnyDefinition, saga_id: str, data: msgspec.Struct
@@ -328,6 +560,8 @@ class Orchestrator:
             created_at=now,
             updated_at=now,
             transitions=0,
+            owner=self.owner,
+            lease_until=now + self._lease,
         )
         pending = [self._transition(record, TransitionKind.STARTED, None)]
         commands: list[Event] = []
@@ -432,8 +666,13 @@ class Orchestrator:
         commands: list[Event],
         data: Any,
         error: BaseException | None = None,
+        *,
+        uncertain: bool = False,
     ) -> float:
-        """Record a failed attempt; returns the backoff before the next one (0: none)."""
+        """Record a failed attempt; returns the backoff before the next one (0: none).
+
+        ``uncertain``: the participant may have acted (its reply timed out), so if the
+        saga compensates, the step itself is compensated too."""
         compensating = record.state is SagaState.COMPENSATING
         forever = compensating or definition.is_retriable(record.position)
         if forever or _may_retry(step.retry, record.attempt, error):
@@ -472,7 +711,8 @@ class Orchestrator:
         record.state = SagaState.COMPENSATING
         record.error = error_text
         record.failed_step = step.name
-        self._compensate_from(definition, record, record.position - 1, data, pending, commands)
+        first = record.position if uncertain else record.position - 1
+        self._compensate_from(definition, record, first, data, pending, commands)
         return 0.0
 
     def _completed_step(
@@ -541,6 +781,7 @@ class Orchestrator:
         step = definition.order[index]
         compensating = record.state is SagaState.COMPENSATING
         record.position = index
+        record.deadline = None
         if fresh:
             record.attempt = 1
             kind = (
@@ -562,6 +803,9 @@ class Orchestrator:
             command.correlation_id = record.saga_id
         commands.append(command)
         record.awaiting = True
+        if step.timeout is not None:
+            # Stored with this transition: whoever drives the saga next re-arms it.
+            record.deadline = self._clock.now() + step.timeout
         pending.append(self._transition(record, TransitionKind.COMMAND_SENT, step.name))
 
     def _transition(
@@ -577,6 +821,7 @@ class Orchestrator:
     ) -> None:
         record.data = msgspec.json.encode(data)
         record.updated_at = self._clock.now()
+        record.lease_until = record.updated_at + self._lease
         await self._writer.write(PendingWrite(record, pending, commands))
         self._committed(record, pending)
 
@@ -590,6 +835,8 @@ class Orchestrator:
                 )
         if self._on_commit is not None:
             self._on_commit(record, pending)
+        if record.deadline is not None or record.saga_id in self._timers:
+            self._arm(record)  # arms the new deadline; an answered one's timer is dropped
 
 
 def _may_retry(retry: Retry | None, attempt: int, error: BaseException | None) -> bool:
@@ -598,7 +845,7 @@ def _may_retry(retry: Retry | None, attempt: int, error: BaseException | None) -
         return False
     if error is None:
         return True  # a failure reply from a participant: no exception to filter on
-    return retry._retry_on(error) and not retry._give_up_on(error)
+    return retry.should_retry(error, attempt=attempt)
 
 
 def _is_database(log: object) -> bool:

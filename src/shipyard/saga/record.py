@@ -47,7 +47,10 @@ class SagaRecord:
 
     ``position`` is the index (in run order) of the step being run, or, while
     compensating, of the step being compensated. ``awaiting`` is true while a command
-    step waits for its participant's reply. ``transitions`` counts timeline entries.
+    step waits for its participant's reply, until ``deadline`` (wall-clock seconds; ``None``:
+    the step has no timeout). ``transitions`` counts timeline entries. ``owner`` is the
+    orchestrator holding the saga's lease and ``lease_until`` when that lease expires
+    (another orchestrator may then take the saga over).
     """
 
     saga_id: str
@@ -64,6 +67,9 @@ class SagaRecord:
     updated_at: float
     transitions: int
     failed_step: str | None = None
+    deadline: float | None = None
+    owner: str | None = None
+    lease_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

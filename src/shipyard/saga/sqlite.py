@@ -11,3 +11,5 @@ class SqliteSagaLog(SqlSagaLog):
     """Saga records and timelines in SQLite (``BLOB`` data, ``REAL`` timestamps)."""
 
     DDL: ClassVar[tuple[str, ...]] = ddl("BLOB", "REAL")
+    NUMBER: ClassVar[str] = "REAL"
+    COLUMNS_QUERY: ClassVar[str] = "SELECT name FROM pragma_table_info('shipyard_sagas')"

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any, ClassVar, Protocol
 
 from shipyard.saga.definition import StepShape
-from shipyard.saga.errors import SagaNotFound
+from shipyard.saga.errors import LeaseLostError, SagaNotFound
 from shipyard.saga.record import UNFINISHED, SagaRecord, SagaState, Transition, TransitionKind
 from shipyard.storage import Database, Row, Transaction
 
@@ -25,13 +25,21 @@ DEFINITIONS = "shipyard_saga_definitions"
 
 _COLUMNS = (
     "saga_id, name, version, fingerprint, state, position, attempt, awaiting, data, error,"
-    " failed_step, created_at, updated_at, transitions"
+    " failed_step, created_at, updated_at, transitions, deadline, owner, lease_until"
 )
-_INSERT = f"INSERT INTO {SAGAS} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_UPDATE = (
+_INSERT = (
+    f"INSERT INTO {SAGAS} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Only the lease holder may write a saga's row: a writer whose lease was taken over
+# updates nothing, and learns so (LeaseLostError) before it appends to the timeline.
+_SET = (
     f"UPDATE {SAGAS} SET state = ?, position = ?, attempt = ?, awaiting = ?, data = ?,"
-    " error = ?, failed_step = ?, updated_at = ?, transitions = ? WHERE saga_id = ?"
+    " error = ?, failed_step = ?, updated_at = ?, transitions = ?, deadline = ?,"
+    " lease_until = ? WHERE saga_id = ? AND owner IS NOT DISTINCT FROM ?"
 )
+_UNFINISHED = "state IN (?, ?)"
+# Columns added after the first release; ``install`` adds them to older tables.
+_ADDED = (("deadline", "number"), ("owner", "TEXT"), ("lease_until", "number"))
 _INSERT_TIMELINE = (
     f"INSERT INTO {TIMELINE} (saga_id, seq, kind, step, attempt, error, at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -96,12 +104,46 @@ class SagaLog(Protocol):
     ) -> tuple[int, builtins.list[StepShape]]:
         """A recorded definition's version and shape (latest version when omitted)."""
 
+    async def claim(self, saga_id: str, owner: str, until: float, now: float) -> SagaRecord | None:
+        """Take the lease of an unfinished saga that is unowned, already ``owner``'s, or
+        whose lease expired by ``now`` (one conditional update); ``None`` when another
+        orchestrator holds it or the saga finished."""
+
+    async def claim_awaiting(
+        self,
+        tx: Transaction,
+        saga_id: str,
+        owner: str,
+        until: float,
+        *,
+        state: SagaState,
+        position: int,
+        attempt: int,
+    ) -> SagaRecord | None:
+        """In ``tx``, take the lease of a saga that still awaits the reply to exactly this
+        command (state, position, attempt), whoever holds it: no orchestrator drives a
+        saga while it waits. ``None`` when the saga has moved on."""
+
+    async def claimable(self, owner: str, now: float) -> builtins.list[SagaRecord]:
+        """Unfinished sagas that ``owner`` may take over: unowned, or held by another
+        orchestrator whose lease expired by ``now``; oldest first."""
+
+    async def renew(self, owner: str, until: float) -> None:
+        """Extend every lease ``owner`` holds on an unfinished saga to ``until``."""
+
+    async def release(self, owner: str) -> None:
+        """Give up every lease ``owner`` holds, so other orchestrators resume at once."""
+
 
 class SqlSagaLog:
     """The saga log over the :class:`~shipyard.storage.Database` port."""
 
     DDL: ClassVar[tuple[str, ...]] = ()
     """CREATE statements for the backend (set by each backend's subclass)."""
+    NUMBER: ClassVar[str] = "REAL"
+    """The backend's floating-point column type."""
+    COLUMNS_QUERY: ClassVar[str] = ""
+    """Lists the saga table's column names (one per row)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -116,6 +158,11 @@ class SqlSagaLog:
         async with self._db.transaction() as tx:
             for statement in self.DDL:
                 await tx.execute(statement)
+            present = {row[0] for row in await tx.fetch(self.COLUMNS_QUERY)}
+            for column, kind in _ADDED:
+                if column not in present:
+                    kind = self.NUMBER if kind == "number" else kind
+                    await tx.execute(f"ALTER TABLE {SAGAS} ADD COLUMN {column} {kind}")
 
     async def create(
         self, tx: Transaction, record: SagaRecord, transitions: Sequence[Transition]
@@ -127,8 +174,11 @@ class SqlSagaLog:
     async def save(
         self, tx: Transaction, record: SagaRecord, transitions: Sequence[Transition]
     ) -> None:
-        """Update the row and append the transitions."""
-        await tx.execute(_UPDATE, *_update_params(record))
+        """Update the row and append the transitions; raises :class:`LeaseLostError` when
+        ``record.owner`` no longer holds the saga."""
+        updated = await tx.fetch(f"{_SET} RETURNING saga_id", *_update_params(record))
+        if not updated:
+            raise LeaseLostError([record.saga_id], record.owner)
         await self._append(tx, transitions)
 
     async def save_many(
@@ -138,7 +188,19 @@ class SqlSagaLog:
         if len(items) == 1:
             await self.save(tx, *items[0])
             return
-        await tx.executemany(_UPDATE, [_update_params(record) for record, _ in items])
+        await tx.executemany(_SET, [_update_params(record) for record, _ in items])
+        # executemany reports no row counts: read back who holds each row now.
+        ids = [record.saga_id for record, _ in items]
+        marks = ",".join("?" * len(ids))
+        rows = await tx.fetch(
+            f"SELECT saga_id, owner FROM {SAGAS} WHERE saga_id IN ({marks})", *ids
+        )
+        owners = {row[0]: row[1] for row in rows}
+        lost = [
+            r.saga_id for r, _ in items if r.saga_id not in owners or owners[r.saga_id] != r.owner
+        ]
+        if lost:
+            raise LeaseLostError(lost, items[0][0].owner)
         await self._append(tx, [t for _, transitions in items for t in transitions])
 
     async def create_many(
@@ -215,11 +277,83 @@ class SqlSagaLog:
         """Running and compensating sagas, oldest first."""
         async with self._db.transaction() as tx:
             rows = await tx.fetch(
-                f"SELECT {_COLUMNS} FROM {SAGAS} WHERE state IN (?, ?)"
-                " ORDER BY created_at, saga_id",
+                f"SELECT {_COLUMNS} FROM {SAGAS} WHERE {_UNFINISHED} ORDER BY created_at, saga_id",
                 *(s.value for s in UNFINISHED),
             )
         return [_record(row) for row in rows]
+
+    async def claim(self, saga_id: str, owner: str, until: float, now: float) -> SagaRecord | None:
+        """One conditional UPDATE: of two orchestrators claiming at once, one wins."""
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch(
+                f"UPDATE {SAGAS} SET owner = ?, lease_until = ? WHERE saga_id = ?"
+                f" AND {_UNFINISHED} AND (owner IS NULL OR owner = ? OR lease_until IS NULL"
+                f" OR lease_until <= ?) RETURNING {_COLUMNS}",
+                owner,
+                until,
+                saga_id,
+                *(s.value for s in UNFINISHED),
+                owner,
+                now,
+            )
+        return _record(rows[0]) if rows else None
+
+    async def claim_awaiting(
+        self,
+        tx: Transaction,
+        saga_id: str,
+        owner: str,
+        until: float,
+        *,
+        state: SagaState,
+        position: int,
+        attempt: int,
+    ) -> SagaRecord | None:
+        """Conditional on the saga still waiting for this very reply."""
+        rows = await tx.fetch(
+            f"UPDATE {SAGAS} SET owner = ?, lease_until = ? WHERE saga_id = ? AND awaiting = 1"
+            f" AND state = ? AND position = ? AND attempt = ? RETURNING {_COLUMNS}",
+            owner,
+            until,
+            saga_id,
+            SagaState(state).value,
+            position,
+            attempt,
+        )
+        return _record(rows[0]) if rows else None
+
+    async def claimable(self, owner: str, now: float) -> builtins.list[SagaRecord]:
+        """Unowned or expired unfinished sagas, oldest first."""
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch(
+                f"SELECT {_COLUMNS} FROM {SAGAS} WHERE {_UNFINISHED} AND (owner IS NULL OR"
+                " (owner <> ? AND (lease_until IS NULL OR lease_until <= ?)))"
+                " ORDER BY created_at, saga_id",
+                *(s.value for s in UNFINISHED),
+                owner,
+                now,
+            )
+        return [_record(row) for row in rows]
+
+    async def renew(self, owner: str, until: float) -> None:
+        """One UPDATE for all of ``owner``'s unfinished sagas."""
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                f"UPDATE {SAGAS} SET lease_until = ? WHERE owner = ? AND {_UNFINISHED}",
+                until,
+                owner,
+                *(s.value for s in UNFINISHED),
+            )
+
+    async def release(self, owner: str) -> None:
+        """Clear ``owner`` from its unfinished sagas."""
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                f"UPDATE {SAGAS} SET owner = NULL, lease_until = NULL"
+                f" WHERE owner = ? AND {_UNFINISHED}",
+                owner,
+                *(s.value for s in UNFINISHED),
+            )
 
     async def record_definition(
         self, name: str, version: int, fingerprint: str, shape: Sequence[StepShape]
@@ -281,6 +415,9 @@ def _insert_params(record: SagaRecord) -> tuple[Any, ...]:
         record.created_at,
         record.updated_at,
         record.transitions,
+        record.deadline,
+        record.owner,
+        record.lease_until,
     )
 
 
@@ -295,7 +432,10 @@ def _update_params(record: SagaRecord) -> tuple[Any, ...]:
         record.failed_step,
         record.updated_at,
         record.transitions,
+        record.deadline,
+        record.lease_until,
         record.saga_id,
+        record.owner,
     )
 
 
@@ -315,6 +455,9 @@ def _record(row: Row) -> SagaRecord:
         created_at=float(row[11]),
         updated_at=float(row[12]),
         transitions=int(row[13]),
+        deadline=None if row[14] is None else float(row[14]),
+        owner=row[15],
+        lease_until=None if row[16] is None else float(row[16]),
     )
 
 
@@ -335,7 +478,10 @@ def ddl(blob: str, number: str) -> tuple[str, ...]:
             failed_step TEXT,
             created_at {number} NOT NULL,
             updated_at {number} NOT NULL,
-            transitions INTEGER NOT NULL
+            transitions INTEGER NOT NULL,
+            deadline {number},
+            owner TEXT,
+            lease_until {number}
         )""",
         # Recovery and `saga list --state` scan by state; finished sagas dominate over time.
         f"CREATE INDEX IF NOT EXISTS {SAGAS}_state ON {SAGAS} (state, created_at)",

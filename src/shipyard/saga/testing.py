@@ -38,6 +38,8 @@ D = TypeVar("D", bound=msgspec.Struct)
 
 PLAN_ENV = "SHIPYARD_SAGA_PLAN"
 """Environment variable carrying the :class:`RunPlan` (JSON) to a child process."""
+HARNESS_OWNER = "saga-harness"
+"""The lease owner of every orchestrator the harness starts (unless options name one)."""
 COMMITS_MARKER = "SHIPYARD_SAGA_COMMITS"
 """A child prints ``SHIPYARD_SAGA_COMMITS <n>`` after a run that was not crashed."""
 
@@ -184,7 +186,9 @@ class SagaHarness(Generic[D]):
         self._invariants = list(invariants)
         self._compensation_failures = compensation_failures
         self._clock_factory = clock_factory
-        self._options = orchestrator_options or {}
+        # One owner for every orchestrator of a run, so recovery may take the crashed
+        # one's leases at once (as a restarted process with a stable owner id does).
+        self._options = {"owner": HARNESS_OWNER, **(orchestrator_options or {})}
 
     def scenarios(self) -> list[RunPlan]:
         """The happy path, then each step failing (no crashes yet)."""
@@ -347,7 +351,7 @@ async def child_main(
     SIGKILLs the process right after commit ``crash_after``; ``phase="recover"`` recovers
     every unfinished saga. Prints :data:`COMMITS_MARKER` after an uncrashed run."""
     plan = RunPlan.from_env()
-    options = orchestrator_options or {}
+    options = {"owner": HARNESS_OWNER, **(orchestrator_options or {})}
     commits = 0
 
     def count(record: SagaRecord, transitions: Sequence[Transition]) -> None:
