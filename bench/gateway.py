@@ -10,6 +10,8 @@ ours and nginx alternate for ``BENCH_ROUNDS`` (default 2) rounds and the best of
       so every request is checked but none refused) + access logging to a file
   (c) a naive Starlette + httpx proxy under uvicorn (the usual Python starting point; one
       shared AsyncClient — a client per request would be ~30x slower still)
+  (d) the same gateway on a route with the response cache (every request a cache HIT,
+      no auth): what a cacheable endpoint costs when the upstream is not called at all
 
 Targets (issue 6): ours >= 40% of nginx's req/s, p99 <= 10 ms. Also printed: RSS added by
 1,000 idle keep-alive client connections to the gateway.
@@ -237,6 +239,11 @@ frontends:
         upstream: http://127.0.0.1:{upstream_port}
         auth: jwt
         rate_limit: {{rate: 10000000, burst: 10000000, per: consumer}}
+      - name: cached
+        prefix: /cached
+        upstream: http://127.0.0.1:{upstream_port}
+        auth: none
+        cache: {{ttl: 3600}}
 """
             )
             gateway = subprocess.Popen(
@@ -306,6 +313,11 @@ frontends:
             peer = max(peer_runs, key=lambda r: r["rps"])
             naive = measure(
                 "naive Starlette + httpx proxy", f"http://127.0.0.1:{naive_port}/api/item", []
+            )
+            measure(
+                "shipyard gateway, cached route (HIT)",
+                f"http://127.0.0.1:{gateway_port}/cached/item",
+                [],
             )
             per_1000 = idle_connection_cost(gateway.pid, gateway_port, token)
             print(

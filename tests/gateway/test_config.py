@@ -211,3 +211,80 @@ def test_the_cli_refuses_an_invalid_file_with_its_location(
     path.write_text("frontends:\n  web:\n    listen: 127.0.0.1:1\n    routes: []\n")
     assert main(["gateway", "--config", str(path)]) == 2
     assert f"{path}:4: invalid frontends.web.routes=" in capsys.readouterr().err
+
+
+PHASE_2 = """
+listen: 127.0.0.1:8080
+cache: {store: "redis://127.0.0.1:6379/0", max_bytes: 1048576}
+admin: {listen: 127.0.0.1:9901, token: t0k3n}
+reload: {watch: true, interval: 1}
+services:
+  users: {urls: [http://127.0.0.1:9001], retries: 2, retry_budget: {ratio: 0.1}}
+  orders: {urls: [http://127.0.0.1:9002]}
+frontends:
+  web:
+    cors: {origins: [https://a.example], credentials: true}
+    routes:
+      - {name: item, prefix: /items, service: users, cache: {ttl: 30, serve_stale_on_error: 60}}
+      - name: page
+        template: /page/{id}
+        aggregate:
+          mode: sequence
+          backends:
+            - {name: order, service: orders, path: "/orders/{id}", timeout: 0.5}
+            - {name: user, service: users, path: "/users/{order.user_id}", fallback: cached}
+      - name: shop
+        prefix: /shop
+        cors: false
+        strangler: {legacy: users, new: orders, weight: 10, sticky: {cookie: uid},
+                    shadow: {share: 0.5, ignore: [at]}}
+"""
+
+
+def test_phase_2_sections_become_typed_models() -> None:
+    config = parse_config(PHASE_2)
+    item, page, shop = config.frontends[0].routes
+    assert config.cache.store.startswith("redis://")
+    assert config.admin is not None
+    assert config.admin.token == "t0k3n"
+    assert config.reload.watch
+    assert config.reload.interval == 1.0
+    assert config.services["users"].retry_budget.ratio == 0.1
+    assert item.cache is not None
+    assert item.cache.serve_stale_on_error == 60.0
+    assert item.cors is not None
+    assert item.cors.credentials
+    assert page.aggregate is not None
+    assert page.aggregate.sequential
+    assert page.aggregate.backends[1].fallback == "cached"
+    assert shop.cors is None
+    assert shop.strangler is not None
+    assert (shop.strangler.sticky, shop.strangler.sticky_name) == ("cookie", "uid")
+    assert shop.strangler.shadow is not None
+    assert shop.strangler.shadow.ignore == ("at",)
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "says"),
+    [
+        ("weight: 10,", "strangler.weight", "<= 100"),
+        ("sticky: {cookie: uid}", "strangler.sticky", "consumer, ip"),
+        ("service: users, cache: {ttl: 30,", "cache.ttl", "> 0"),
+    ],
+)
+def test_phase_2_errors_name_the_key(change: str, key: str, says: str) -> None:
+    broken = {
+        "weight: 10,": "weight: 150,",
+        "sticky: {cookie: uid}": "sticky: {query: uid}",
+        "service: users, cache: {ttl: 30,": "service: users, cache: {ttl: 0,",
+    }[change]
+    with pytest.raises(GatewayConfigError) as info:
+        parse_config(PHASE_2.replace(change, broken))
+    assert key in str(info.value)
+    assert says in str(info.value)
+
+
+def test_a_route_has_exactly_one_target() -> None:
+    text = PHASE_2.replace("prefix: /shop\n", "prefix: /shop\n        service: users\n")
+    with pytest.raises(GatewayConfigError, match="exactly one of service:, upstream:"):
+        parse_config(text)

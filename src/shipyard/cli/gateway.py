@@ -1,7 +1,9 @@
 """``shipyard gateway --config gateway.yaml``: run the API gateway.
 
 ``--workers N`` starts N processes that share each listening port through SO_REUSEPORT,
-so the kernel spreads connections across them (one event loop per core).
+so the kernel spreads connections across them (one event loop per core). SIGHUP reloads
+the configuration file without dropping requests (forwarded to every worker); a file
+that does not validate is logged and the running configuration kept.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ def _spawn_workers(args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen(command) for _ in range(args.workers - 1)]
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(
+    args: argparse.Namespace, children: list[subprocess.Popen[bytes]] | None = None
+) -> None:
     from shipyard.gateway import Gateway, load_config
 
     config = load_config(args.config)
@@ -59,17 +63,34 @@ async def _serve(args: argparse.Namespace) -> None:
         # Imported by name: discovery is optional for a gateway with static upstreams.
         discovery = importlib.import_module("shipyard.discovery")
         resolver = discovery.Discovery(args.discovery)
-    gateway = Gateway(config, resolver=resolver)
+    gateway = Gateway(config, resolver=resolver, config_path=args.config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    started = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload_when_started() -> None:
+        await started.wait()
+        await gateway.reload_from_file()
+
+    def reload() -> None:
+        for child in children or ():
+            child.send_signal(signal.SIGHUP)
+        task = loop.create_task(reload_when_started())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    # Installed before listening: a SIGHUP during start-up is a reload, not process death.
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await gateway.start()
+    started.set()
     # Everything built so far lives as long as the process: keep it out of the cyclic GC's
     # generations, and collect less often, so a full collection does not stall a burst
     # of requests (it shows up directly in p99 latency).
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()
     finally:
@@ -93,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        uvloop.run(_serve(args))
+        uvloop.run(_serve(args, children))
     except KeyboardInterrupt:
         pass
     finally:

@@ -10,6 +10,9 @@ Shape (every key except ``frontends`` is optional)::
     limits: {max_body_bytes: 1048576, max_header_bytes: 16384, max_headers: 100}
     access_log: {path: "-", sample: 1.0}
     rate_limit_store: memory://     # or redis://127.0.0.1:6379/0
+    cache: {store: memory://, max_bytes: 67108864}   # or redis://…; routes opt in
+    admin: {listen: 127.0.0.1:9901, token_env: GATEWAY_ADMIN_TOKEN}
+    reload: {watch: true, interval: 2}  # re-read this file when it changes (also SIGHUP)
     services:
       users: {urls: [http://127.0.0.1:9001], timeout: 5, retries: 1, retry_on: [502, 503]}
       orders: {}                    # instances come from the resolver (discovery)
@@ -22,12 +25,27 @@ Shape (every key except ``frontends`` is optional)::
         routes:
           - {name: user, template: "/users/{id}", methods: [GET], service: users}
           - {name: legacy, prefix: /old, strip_prefix: true, upstream: http://127.0.0.1:9000}
+          - {name: item, prefix: /items, service: users, cache: {ttl: 30}}
+          - name: page                # aggregation: fan out, merge JSON, partial on failure
+            template: "/page/{id}"
+            aggregate:
+              budget: 1.5
+              backends:
+                - {name: user, service: users, path: "/users/{id}", timeout: 0.5}
+                - {name: reviews, service: users, path: "/reviews?user={id}",
+                   fallback: {value: []}}
+          - name: shop                # strangler fig: 10% to the new service, shadowing
+            prefix: /shop
+            strangler: {legacy: users, new: orders, weight: 10, sticky: {cookie: uid},
+                        shadow: {share: 0.05, ignore: [generated_at]}}
+        cors: {origins: [https://app.example], methods: [GET, POST], max_age: 600}
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -75,6 +93,15 @@ class UpstreamURL:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryBudgetConfig:
+    """Retries allowed per window: ``min_per_second * window + ratio * requests``."""
+
+    ratio: float = 0.2
+    min_per_second: float = 10.0
+    window: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """An upstream service: static URLs or resolver lookups, and how calls to it behave."""
 
@@ -86,6 +113,7 @@ class ServiceConfig:
     breaker_failure_rate: float = 0.5
     breaker_minimum_calls: int = 10
     breaker_reset: float = 10.0
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +162,116 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """A route's response cache: default TTL, entry size cap, stale-on-error window."""
+
+    ttl: float
+    max_entry_bytes: int = 1 << 20
+    serve_stale_on_error: float = 0.0
+    """Seconds past expiry an entry may still answer when the upstream fails (0: never)."""
+    authenticated: bool = False
+    """Also cache responses to authenticated requests (keyed by consumer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStoreConfig:
+    """Where cached responses live: ``memory://`` (an LRU bounded by bytes) or Redis."""
+
+    store: str = "memory://"
+    max_bytes: int = 64 << 20
+    prefix: str = "shipyard:gw:cache"
+
+
+@dataclass(frozen=True, slots=True)
+class CorsConfig:
+    """Cross-origin rules; ``origins`` None allows any origin (``*``)."""
+
+    origins: frozenset[str] | None
+    methods: tuple[str, ...] = ("GET", "HEAD", "POST")
+    headers: tuple[str, ...] = ()
+    expose: tuple[str, ...] = ()
+    max_age: int = 600
+    credentials: bool = False
+
+
+FallbackKind = Literal["omit", "value", "cached"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """One backend of an aggregation route and how its JSON joins the response."""
+
+    name: str
+    service: str
+    path: str
+    """Path (and query) template: ``{param}`` from the route, ``{backend.field}`` from an
+    earlier backend when the aggregation runs in sequence."""
+    method: str = "GET"
+    timeout: float | None = None
+    key: str | None = None
+    """Key the backend's JSON is merged under (default: its name); None with ``flatten``."""
+    flatten: bool = False
+    select: tuple[str, ...] | None = None
+    rename: tuple[tuple[str, str], ...] = ()
+    fallback: FallbackKind = "omit"
+    fallback_value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateConfig:
+    """Fan out to ``backends`` (in parallel, or in sequence) within ``budget`` seconds."""
+
+    backends: tuple[BackendConfig, ...]
+    sequential: bool = False
+    budget: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowConfig:
+    """Copy a share of the legacy traffic to the new service and compare the answers."""
+
+    share: float
+    ignore: tuple[str, ...] = ()
+    """Dotted JSON fields left out of the comparison (timestamps, generated ids)."""
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    timeout: float | None = None
+
+
+StickyKind = Literal["none", "consumer", "ip", "header", "cookie"]
+
+
+@dataclass(frozen=True, slots=True)
+class StranglerConfig:
+    """Split a route between ``legacy`` and ``new`` services (strangler fig)."""
+
+    legacy: str
+    new: str
+    weight: float = 0.0
+    """Percentage of requests sent to ``new`` (0-100); changeable through the admin API."""
+    sticky: StickyKind = "none"
+    sticky_name: str | None = None
+    override_header: str | None = None
+    override_cookie: str | None = None
+    shadow: ShadowConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin API listener; disabled when no bearer token is configured."""
+
+    listen: tuple[str, int]
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadConfig:
+    """Whether to poll the config file's mtime and reload it when it changes."""
+
+    watch: bool = False
+    interval: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     """One route: how a request is matched, rewritten, authenticated, limited and sent."""
 
@@ -150,6 +288,10 @@ class RouteConfig:
     auth: AuthMode = "none"
     rate_limit: RateLimitConfig | None = None
     line: int | None = None
+    cache: CacheConfig | None = None
+    cors: CorsConfig | None = None
+    aggregate: AggregateConfig | None = None
+    strangler: StranglerConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +305,7 @@ class FrontendConfig:
     jwt: JwtConfig | None = None
     api_keys: ApiKeyConfig | None = None
     case_insensitive: bool = False
+    cors: CorsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +321,9 @@ class GatewayConfig:
     rate_limit_store: str = "memory://"
     rate_limit_prefix: str = "shipyard:gw"
     source: str = "<config>"
+    cache: CacheStoreConfig = CacheStoreConfig()
+    admin: AdminConfig | None = None
+    reload: ReloadConfig = ReloadConfig()
 
 
 # --------------------------------------------------------------------------- reading
@@ -384,8 +530,14 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
         "rate_limit_prefix",
         "services",
         "frontends",
+        "cache",
+        "admin",
+        "reload",
     )
     listen = _listen(root, "listen")
+    cache = _cache_store(root.section("cache"))
+    admin = _admin(root.section("admin"))
+    reload = _reload(root.section("reload"))
     limits = _limits(root.section("limits"))
     access_log = _access_log(root.section("access_log"))
     store = root.string("rate_limit_store", "memory://") or "memory://"
@@ -441,6 +593,9 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
         rate_limit_store=store,
         rate_limit_prefix=prefix,
         source=source,
+        cache=cache,
+        admin=admin,
+        reload=reload,
     )
 
 
@@ -493,6 +648,7 @@ def _services(root: _Section) -> dict[str, ServiceConfig]:
             "breaker_failure_rate",
             "breaker_minimum_calls",
             "breaker_reset",
+            "retry_budget",
         )
         urls = []
         for text in sub.strings("urls") or ():
@@ -515,12 +671,68 @@ def _services(root: _Section) -> dict[str, ServiceConfig]:
             breaker_failure_rate=sub.number("breaker_failure_rate", 0.5, maximum=1.0),
             breaker_minimum_calls=sub.integer("breaker_minimum_calls", 10, minimum=1),
             breaker_reset=sub.number("breaker_reset", 10.0),
+            retry_budget=_retry_budget(sub.section("retry_budget")),
         )
     return services
 
 
+def _retry_budget(section: _Section | None) -> RetryBudgetConfig:
+    if section is None:
+        return RetryBudgetConfig()
+    section.only("ratio", "min_per_second", "window")
+    return RetryBudgetConfig(
+        ratio=section.number("ratio", 0.2, maximum=1.0, strict=False),
+        min_per_second=section.number("min_per_second", 10.0, strict=False),
+        window=section.number("window", 10.0, maximum=3600),
+    )
+
+
+def _cache_store(section: _Section | None) -> CacheStoreConfig:
+    if section is None:
+        return CacheStoreConfig()
+    section.only("store", "max_bytes", "prefix")
+    store = section.string("store", "memory://") or "memory://"
+    if not store.startswith(("memory://", "redis://", "rediss://", "unix://")):
+        section.fail("store", store, "must be memory:// or a redis:// URL")
+    return CacheStoreConfig(
+        store=store,
+        max_bytes=section.integer("max_bytes", 64 << 20, minimum=1024),
+        prefix=section.string("prefix", "shipyard:gw:cache") or "shipyard:gw:cache",
+    )
+
+
+def _admin(section: _Section | None) -> AdminConfig | None:
+    if section is None:
+        return None
+    section.only("listen", "token", "token_env")
+    listen = _listen(section, "listen")
+    if listen is None:
+        section.fail("listen", None, "is required: host:port of the admin API")
+    assert listen is not None
+    token = section.string("token")
+    env = section.string("token_env")
+    if token is not None and env is not None:
+        section.fail("token_env", env, "give token: or token_env:, not both")
+    if env is not None:
+        token = os.environ.get(env) or None
+    return AdminConfig(listen=listen, token=token)
+
+
+def _reload(section: _Section | None) -> ReloadConfig:
+    if section is None:
+        return ReloadConfig()
+    section.only("watch", "interval")
+    return ReloadConfig(
+        watch=section.boolean("watch", False),
+        interval=section.number("interval", 2.0, maximum=3600),
+    )
+
+
 def _frontend(name: str, section: _Section, services: dict[str, ServiceConfig]) -> FrontendConfig:
-    section.only("listen", "prefix", "routes", "jwt", "api_keys", "rate_limit", "case_insensitive")
+    section.only(
+        "listen", "prefix", "routes", "jwt", "api_keys", "rate_limit", "case_insensitive", "cors"
+    )
+    cors = _cors(section.section("cors"))
     prefix = section.string("prefix", "") or ""
     if prefix and (not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix):
         section.fail("prefix", prefix, "must look like /name (leading slash, no trailing slash)")
@@ -532,7 +744,9 @@ def _frontend(name: str, section: _Section, services: dict[str, ServiceConfig]) 
     routes: list[RouteConfig] = []
     names: set[str] = set()
     for key, node in section.items("routes"):
-        route = _route(_Section(section.reader, node, key), services, default_auth, default_limit)
+        route = _route(
+            _Section(section.reader, node, key), services, default_auth, default_limit, cors
+        )
         if route.auth in ("jwt", "any") and jwt is None and route.auth == "jwt":
             section.reader.fail(node, f"{key}.auth", "jwt", "this frontend has no jwt: block")
         if route.auth == "api_key" and api_keys is None:
@@ -553,6 +767,7 @@ def _frontend(name: str, section: _Section, services: dict[str, ServiceConfig]) 
         jwt=jwt,
         api_keys=api_keys,
         case_insensitive=case_insensitive,
+        cors=cors,
     )
 
 
@@ -564,6 +779,7 @@ def _route(
     services: dict[str, ServiceConfig],
     default_auth: AuthMode,
     default_limit: RateLimitConfig | None,
+    default_cors: CorsConfig | None = None,
 ) -> RouteConfig:
     section.only(
         "name",
@@ -578,6 +794,10 @@ def _route(
         "timeout",
         "auth",
         "rate_limit",
+        "cache",
+        "cors",
+        "aggregate",
+        "strangler",
     )
     kinds = [k for k in _MATCH_KINDS if section.has(k)]
     if len(kinds) != 1:
@@ -614,19 +834,23 @@ def _route(
             headers.append((header_name.lower(), value))
     service = section.string("service")
     upstream = section.string("upstream")
-    if (service is None) == (upstream is None):
-        section.fail("service", service, "a route needs exactly one of service: or upstream:")
+    targets = [k for k in ("service", "upstream", "aggregate", "strangler") if section.has(k)]
+    if len(targets) != 1:
+        section.fail(
+            targets[-1] if targets else "service",
+            targets,
+            "a route needs exactly one of service:, upstream:, aggregate:, strangler:",
+        )
+    aggregate = _aggregate(section.section("aggregate"), services, pattern, kind)
+    strangler = _strangler(section.section("strangler"), services)
     if upstream is not None:
-        url = parse_upstream_url(upstream)
-        if url is None:
-            section.fail("upstream", upstream, "must be http://host:port (no path, no credentials)")
-        assert url is not None
-        service = f"{url.address}:{url.port}"
-        if service not in services:
-            services[service] = ServiceConfig(name=service, urls=(url,))
-    assert service is not None
-    if service not in services:
-        section.fail("service", service, "must name a service defined under services:")
+        service = _service_ref(section, "upstream", services)
+    elif service is not None:
+        service = _service_ref(section, "service", services)
+    elif strangler is not None:
+        service = strangler.legacy
+    else:
+        service = ""
     strip = section.boolean("strip_prefix", False)
     if strip and kind != "prefix":
         section.fail("strip_prefix", True, "only prefix: routes can strip their prefix")
@@ -658,6 +882,226 @@ def _route(
         auth=auth,  # type: ignore[arg-type]
         rate_limit=limit,
         line=section.line,
+        cache=_cache(section.section("cache")),
+        cors=_route_cors(section, default_cors),
+        aggregate=aggregate,
+        strangler=strangler,
+    )
+
+
+def _service_ref(section: _Section, name: str, services: dict[str, ServiceConfig]) -> str:
+    """A service name, or an ``http://host:port`` URL that becomes an implicit service."""
+    text = section.string(name) or ""
+    if text.startswith("http://") or name == "upstream":
+        url = parse_upstream_url(text)
+        if url is None:
+            section.fail(name, text, "must be http://host:port (no path, no credentials)")
+        assert url is not None
+        service = f"{url.address}:{url.port}"
+        if service not in services:
+            services[service] = ServiceConfig(name=service, urls=(url,))
+        return service
+    if text not in services:
+        section.fail(
+            name, text, "must name a service defined under services: (or http://host:port)"
+        )
+    return text
+
+
+def _cache(section: _Section | None) -> CacheConfig | None:
+    if section is None:
+        return None
+    section.only("ttl", "max_entry_bytes", "serve_stale_on_error", "authenticated")
+    if not section.has("ttl"):
+        section.fail("ttl", None, "is required: seconds a response stays fresh, e.g. ttl: 30")
+    return CacheConfig(
+        ttl=section.number("ttl", 0.0, maximum=365 * 86400),
+        max_entry_bytes=section.integer("max_entry_bytes", 1 << 20, minimum=1),
+        serve_stale_on_error=section.number(
+            "serve_stale_on_error", 0.0, maximum=365 * 86400, strict=False
+        ),
+        authenticated=section.boolean("authenticated", False),
+    )
+
+
+def _cors(section: _Section | None) -> CorsConfig | None:
+    if section is None:
+        return None
+    section.only("origins", "methods", "headers", "expose", "max_age", "credentials")
+    origins = section.strings("origins")
+    if origins is None:
+        section.fail("origins", None, 'is required: a list of origins, or "*"')
+    assert origins is not None
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            section.fail("origins", origin, 'must be scheme://host[:port] origins, or "*"')
+    any_origin = "*" in origins
+    credentials = section.boolean("credentials", False)
+    if any_origin and credentials:
+        section.fail("credentials", True, 'browsers refuse credentials with origins: "*"')
+    return CorsConfig(
+        origins=None if any_origin else frozenset(origins),
+        methods=tuple(m.upper() for m in section.strings("methods") or ("GET", "HEAD", "POST")),
+        headers=tuple(h.lower() for h in section.strings("headers") or ()),
+        expose=tuple(h.lower() for h in section.strings("expose") or ()),
+        max_age=section.integer("max_age", 600, minimum=0),
+        credentials=credentials,
+    )
+
+
+def _route_cors(section: _Section, default: CorsConfig | None) -> CorsConfig | None:
+    if not section.has("cors"):
+        return default
+    if section.raw("cors") is False:
+        return None
+    return _cors(section.section("cors"))
+
+
+_REFERENCE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\}")
+
+
+def _aggregate(
+    section: _Section | None, services: dict[str, ServiceConfig], pattern: str, kind: str
+) -> AggregateConfig | None:
+    if section is None:
+        return None
+    section.only("backends", "mode", "budget")
+    sequential = section.choice("mode", "parallel", ("parallel", "sequence")) == "sequence"
+    params = set(_TEMPLATE_PARAM.findall(pattern)) if kind == "template" else set()
+    if kind == "regex":
+        params = set(re.compile(pattern).groupindex)
+    backends: list[BackendConfig] = []
+    for key, node in section.items("backends"):
+        sub = _Section(section.reader, node, key)
+        sub.only(
+            "name",
+            "service",
+            "upstream",
+            "path",
+            "method",
+            "timeout",
+            "key",
+            "flatten",
+            "select",
+            "rename",
+            "fallback",
+        )
+        name = sub.string("name")
+        if name is None:
+            sub.fail("name", None, "is required: the backend's name (the merge key)")
+        assert name is not None
+        if any(b.name == name for b in backends):
+            sub.fail("name", name, "backend names must be unique within the route")
+        if sub.has("service") == sub.has("upstream"):
+            sub.fail("service", None, "a backend needs exactly one of service: or upstream:")
+        service = _service_ref(sub, "service" if sub.has("service") else "upstream", services)
+        path = sub.string("path")
+        if path is None or not path.startswith("/"):
+            sub.fail("path", path, "is required and must start with / (e.g. /users/{id})")
+        assert path is not None
+        earlier = {b.name for b in backends}
+        for ref, dotted in _REFERENCE.findall(path):
+            if dotted:
+                if not sequential or ref not in earlier:
+                    sub.fail(
+                        "path",
+                        path,
+                        f"{{{ref}{dotted}}} needs mode: sequence and an earlier backend {ref!r}",
+                    )
+            elif ref not in params:
+                sub.fail("path", path, f"{{{ref}}} is not a parameter of the route's path")
+        flatten = sub.boolean("flatten", False)
+        select = sub.strings("select")
+        rename: list[tuple[str, str]] = []
+        rename_section = sub.section("rename")
+        if rename_section is not None:
+            for old in rename_section.nodes:
+                new = rename_section.string(old)
+                assert new is not None
+                rename.append((old, new))
+        fallback: FallbackKind = "omit"
+        fallback_value: Any = None
+        if sub.has("fallback"):
+            raw = sub.raw("fallback")
+            if raw in ("omit", "cached"):
+                fallback = raw
+            elif isinstance(raw, dict) and set(raw) == {"value"}:
+                fallback, fallback_value = "value", raw["value"]
+            else:
+                sub.fail("fallback", raw, "must be omit, cached, or {value: <any JSON>}")
+        backends.append(
+            BackendConfig(
+                name=name,
+                service=service,
+                path=path,
+                method=(sub.choice("method", "GET", ("GET", "HEAD", "POST", "PUT"))),
+                timeout=sub.number("timeout", 0.0, maximum=3600) if sub.has("timeout") else None,
+                key=None if flatten else (sub.string("key", name) or name),
+                flatten=flatten,
+                select=select,
+                rename=tuple(rename),
+                fallback=fallback,
+                fallback_value=fallback_value,
+            )
+        )
+    if not backends:
+        section.fail("backends", None, "an aggregation needs at least one backend")
+    return AggregateConfig(
+        backends=tuple(backends),
+        sequential=sequential,
+        budget=section.number("budget", 5.0, maximum=3600),
+    )
+
+
+def _strangler(
+    section: _Section | None, services: dict[str, ServiceConfig]
+) -> StranglerConfig | None:
+    if section is None:
+        return None
+    section.only(
+        "legacy", "new", "weight", "sticky", "override_header", "override_cookie", "shadow"
+    )
+    for required in ("legacy", "new"):
+        if not section.has(required):
+            section.fail(required, None, f"is required: the {required} service (or URL)")
+    sticky: StickyKind = "none"
+    sticky_name: str | None = None
+    if section.has("sticky"):
+        raw = section.raw("sticky")
+        if raw in ("consumer", "ip"):
+            sticky = raw
+        elif isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in ("header", "cookie"):
+            sticky = next(iter(raw))
+            sticky_name = str(raw[sticky])
+            if sticky == "header":
+                sticky_name = sticky_name.lower()
+        else:
+            section.fail("sticky", raw, "must be consumer, ip, {header: Name} or {cookie: name}")
+    override = section.string("override_header")
+    shadow = None
+    shadow_section = section.section("shadow")
+    if shadow_section is not None:
+        shadow_section.only("share", "ignore", "methods", "timeout")
+        methods = shadow_section.strings("methods")
+        shadow = ShadowConfig(
+            share=shadow_section.number("share", 1.0, maximum=1.0, strict=False),
+            ignore=shadow_section.strings("ignore") or (),
+            methods=frozenset(m.upper() for m in methods)
+            if methods
+            else frozenset({"GET", "HEAD"}),
+            timeout=shadow_section.number("timeout", 0.0, maximum=3600)
+            if shadow_section.has("timeout")
+            else None,
+        )
+    return StranglerConfig(
+        legacy=_service_ref(section, "legacy", services),
+        new=_service_ref(section, "new", services),
+        weight=section.number("weight", 0.0, maximum=100.0, strict=False),
+        sticky=sticky,
+        sticky_name=sticky_name,
+        override_header=override.lower() if override else None,
+        override_cookie=section.string("override_cookie"),
+        shadow=shadow,
     )
 
 

@@ -35,3 +35,10 @@ class UpstreamError(GatewayError, ConnectionError):
 
 class UpstreamTimeoutError(GatewayError, TimeoutError):
     """The upstream did not answer within the route's timeout (the client sees 504)."""
+
+
+class StaleConnectionError(UpstreamError):
+    """A pooled connection was closed by the upstream before it answered anything.
+
+    The request never reached the upstream, so the gateway resends it once on a fresh
+    connection; seen by users only if that fails too."""

@@ -79,6 +79,7 @@ class Exchange:
         "query",
         "request_id",
         "route",
+        "service",
         "start",
         "status",
         "trace_id",
@@ -120,6 +121,7 @@ class Exchange:
         self.request_id = b""
         self.trace_id = ""
         self.upstream = ""
+        self.service = ""
         self.upstream_headers: list[Header] = []
         """Headers filters add to the upstream request (e.g. verified claims)."""
         self.status = 0
@@ -140,6 +142,11 @@ class Filter:
         """Inspect or change the request; return a Reply to answer without going on."""
         return None
 
+    def on_response(self, exchange: Exchange, reply: Reply) -> Reply:
+        """Change the response on its way out (e.g. add CORS headers); runs in reverse
+        filter order on every reply of the route, local replies included."""
+        return reply
+
     def on_complete(self, exchange: Exchange) -> None:
         """Called once the response has been sent (status and bytes are known)."""
 
@@ -150,7 +157,7 @@ Handler = Callable[[Exchange], Awaitable[Reply]]
 class Chain:
     """A route's filters followed by its router, fixed at start-up."""
 
-    __slots__ = ("_filters", "_router", "completions", "strips")
+    __slots__ = ("_filters", "_responses", "_router", "completions", "handle", "strips")
 
     def __init__(self, filters: Sequence[Filter], router: Handler) -> None:
         # Only filters that override on_request run per request.
@@ -161,15 +168,28 @@ class Chain:
         self.completions = tuple(
             f.on_complete for f in filters if type(f).on_complete is not Filter.on_complete
         )
+        self._responses = tuple(
+            f.on_response
+            for f in reversed(filters)
+            if type(f).on_response is not Filter.on_response
+        )
+        # Chosen once: routes without response filters never pay for the loop.
+        self.handle: Handler = self._handle_responses if self._responses else self._handle
         strips: frozenset[bytes] = frozenset()
         for f in filters:
             strips |= f.strips
         self.strips = strips
 
-    async def handle(self, exchange: Exchange) -> Reply:
+    async def _handle(self, exchange: Exchange) -> Reply:
         """Run the filters in order; the first reply wins, else the router answers."""
         for on_request in self._filters:
             reply = await on_request(exchange)
             if reply is not None:
                 return reply
         return await self._router(exchange)
+
+    async def _handle_responses(self, exchange: Exchange) -> Reply:
+        reply = await self._handle(exchange)
+        for on_response in self._responses:
+            reply = on_response(exchange, reply)
+        return reply

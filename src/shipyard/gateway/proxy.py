@@ -5,17 +5,18 @@ route one ``Proxy`` with the header set to drop and the timeout decided at start
 The upstream is always chosen from the configuration: the request's Host header or an
 absolute-form target never picks where the gateway connects (no open proxy, no SSRF).
 Retries go to another instance, only for idempotent methods or requests that carry an
-``Idempotency-Key``, and only on connection failures or the service's ``retry_on`` codes.
+``Idempotency-Key``, only on connection failures or the service's ``retry_on`` codes, and
+only while the service's retry budget lasts (so retries cannot multiply an outage).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from shipyard.core.clock import SYSTEM_CLOCK, Clock
 from shipyard.gateway.config import ServiceConfig
-from shipyard.gateway.errors import UpstreamError, UpstreamTimeoutError
+from shipyard.gateway.errors import StaleConnectionError, UpstreamError, UpstreamTimeoutError
 from shipyard.gateway.filters import HOP_BY_HOP, Exchange, Header, Reply, local_reply
 from shipyard.gateway.upstream import (
     Address,
@@ -25,6 +26,7 @@ from shipyard.gateway.upstream import (
     UpstreamResolver,
 )
 from shipyard.resilience.breaker import CircuitBreaker
+from shipyard.resilience.budget import RetryBudget
 from shipyard.resilience.errors import CircuitOpenError
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -73,6 +75,14 @@ class Upstream:
             clock=clock,
         )
         self._host_lines: dict[tuple[str, int], bytes] = {}
+        budget = config.retry_budget
+        self.retry_budget: RetryBudget | None = (
+            RetryBudget(budget.ratio, budget.min_per_second, budget.window, clock=clock)
+            if config.retries
+            else None
+        )
+        self.retries_denied = 0
+        """Retries the budget refused (exported as a metric)."""
 
     async def instances(self) -> Sequence[Address]:
         """Where the service runs now (the static list, or the resolver's answer)."""
@@ -89,6 +99,30 @@ class Upstream:
         if line is None:
             line = self._host_lines[key] = f"host: {key[0]}:{key[1]}\r\n".encode()
         return line
+
+    async def fetch(
+        self, build: Callable[[bytes], bytes], within: float, *, head_only: bool = False
+    ) -> tuple[int, list[Header], bytes]:
+        """Send the request ``build(host_line)`` makes and read the whole response.
+
+        For callers that need the body before answering (aggregation, shadowing); the
+        proxy path streams instead."""
+        instances = self.static or await self.instances()
+        if not instances:
+            raise UpstreamError(f"no instance of service {self.name!r} is available")
+        instance = self.balancer.pick(instances)
+        conn = await self.pool.request(
+            instance.address, instance.port, build(self.host_line(instance)), within, head_only
+        )
+        try:
+            await conn.wait_done()
+        except BaseException:
+            conn.close()
+            raise
+        body = b"".join(conn.chunks)
+        status, headers = conn.status, conn.headers
+        conn.finish()
+        return status, headers, body
 
 
 def _forwarded_for(ip: str) -> bytes:
@@ -165,20 +199,45 @@ class Proxy:
         return b"".join(parts)
 
     async def _send(self, instance: Address, data: bytes, head_only: bool) -> UpstreamConnection:
+        # UpstreamPool.request inlined: this runs for every proxied request.
         pool = self._upstream.pool
-        conn = pool.take_idle(instance.address, instance.port) or await pool.acquire(
-            instance.address, instance.port, self._timeout
+        conn = pool.take_idle(instance.address, instance.port)
+        if conn is not None:
+            try:
+                await conn.send(data, self._timeout, head_only)
+                return conn
+            except StaleConnectionError:
+                pass  # closed idle by the upstream; the request never reached it
+        return await pool.send_fresh(
+            instance.address, instance.port, data, self._timeout, head_only
         )
-        await conn.send(data, self._timeout, head_only)
-        return conn
+
+    def build(self, ex: Exchange, extra: bytes = b"") -> Callable[[bytes], bytes]:
+        """A request builder for ``Upstream.fetch``: this route's request for ``ex``, with
+        ``extra`` header lines (e.g. ``x-shadow: 1``) after the Host line."""
+        return lambda host_line: self._request_bytes(ex, host_line + extra)
+
+    @property
+    def upstream(self) -> Upstream:
+        """The service this route sends to."""
+        return self._upstream
+
+    @property
+    def timeout(self) -> float:
+        """The route's upstream timeout."""
+        return self._timeout
 
     async def __call__(self, ex: Exchange) -> Reply:
         upstream = self._upstream
         instances = upstream.static or await upstream.instances()
         if not instances:
             return local_reply(503, f"no instance of service {upstream.name!r} is available")
-        retryable = ex.method in IDEMPOTENT or b"idempotency-key" in ex.header_map
-        attempts = 1 + (self._retries if retryable else 0)
+        ex.service = upstream.name
+        budget = upstream.retry_budget
+        attempts = 1
+        if budget is not None and (ex.method in IDEMPOTENT or b"idempotency-key" in ex.header_map):
+            attempts += self._retries
+            budget.deposit()
         head_only = ex.method == b"HEAD"
         failed: Address | None = None
         for attempt in range(attempts):
@@ -191,7 +250,7 @@ class Proxy:
             except UpstreamTimeoutError:
                 return local_reply(504, f"upstream {upstream.name!r} did not answer in time")
             except UpstreamError as exc:
-                if last:
+                if last or not self._may_retry(budget):
                     return local_reply(502, f"upstream {upstream.name!r} failed: {exc}")
                 failed = instance
                 continue
@@ -204,12 +263,18 @@ class Proxy:
                 return local_reply(
                     503, f"upstream {upstream.name!r} is failing; breaker open", retry_after
                 )
-            if not last and conn.status in self._retry_on:
+            if not last and conn.status in self._retry_on and self._may_retry(budget):
                 conn.close()
                 failed = instance
                 continue
             return self._relay(conn)
         raise AssertionError("unreachable: the last attempt always returns")
+
+    def _may_retry(self, budget: RetryBudget | None) -> bool:
+        if budget is None or budget.try_withdraw():
+            return True
+        self._upstream.retries_denied += 1
+        return False
 
     def _relay(self, conn: UpstreamConnection) -> Reply:
         # A response to HEAD keeps the upstream's Content-Length: it describes the GET body.

@@ -34,6 +34,8 @@ class RateLimit(Filter):
         self._now = clock.now
         self._header = config.header.encode() if config.header else None
         self._limit_header = str(config.burst).encode()
+        self.rejected = 0
+        """Requests refused with 429 (exported as a metric)."""
 
     def _key(self, ex: Exchange) -> str:
         per = self._config.per
@@ -59,6 +61,7 @@ class RateLimit(Filter):
             )
         if decision.allowed:
             return None
+        self.rejected += 1
         return local_reply(
             429,
             "rate limit exceeded; retry after the Retry-After seconds",

@@ -75,16 +75,32 @@ class Listener:
         keepalive_timeout: float = 75.0,
         header_timeout: float = 30.0,
     ) -> None:
-        # Longest prefix first; the empty prefix (if any) catches the rest.
-        self.frontends = sorted(frontends, key=lambda f: -len(f.prefix))
+        self.frontends: list[Frontend] = []
         self.limits = limits
-        self.trusted = tuple(trusted_proxies)
+        self.trusted: tuple[Network, ...] = ()
+        self.replace(frontends, limits=limits, trusted_proxies=trusted_proxies)
         self.keepalive_timeout = keepalive_timeout
         self.header_timeout = header_timeout
         self.connections: set[HttpConnection] = set()
         self._id_prefix = os.urandom(6).hex().encode() + b"-"
         self._id_counter = 0
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def replace(
+        self,
+        frontends: Sequence[Frontend],
+        *,
+        limits: Limits,
+        trusted_proxies: Sequence[Network] = (),
+    ) -> None:
+        """Serve new frontends from now on (a config reload).
+
+        Each attribute is swapped in one assignment, between requests (single-threaded
+        loop): a request already routed keeps its old chain until it completes."""
+        # Longest prefix first; the empty prefix (if any) catches the rest.
+        self.frontends = sorted(frontends, key=lambda f: -len(f.prefix))
+        self.limits = limits
+        self.trusted = tuple(trusted_proxies)
 
     # -- per request
 
@@ -451,6 +467,13 @@ class HttpConnection(asyncio.Protocol):
         self._closing = True
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+
+    def close_when_idle(self) -> None:
+        """Close now if no request is in progress, else right after its response."""
+        if self._busy or self._in_request:
+            self._closing = True
+        else:
+            self.close()
 
     def close_if_stale(self, now: float, keepalive_timeout: float, header_timeout: float) -> None:
         """Close an idle keep-alive connection or one dribbling a request too slowly."""

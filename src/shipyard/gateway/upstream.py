@@ -14,7 +14,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from shipyard.gateway.errors import UpstreamError, UpstreamTimeoutError
+from shipyard.gateway.errors import StaleConnectionError, UpstreamError, UpstreamTimeoutError
 from shipyard.gateway.filters import Header
 
 
@@ -88,6 +88,8 @@ class UpstreamConnection(asyncio.Protocol):
         "key",
         "open",
         "parser",
+        "received",
+        "reused",
         "sink",
         "status",
         "transport",
@@ -110,6 +112,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.framed = False
         self.sink: Callable[[bytes], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.reused = False
+        """Taken from the idle pool (so the upstream may have closed it meanwhile)."""
+        self.received = False
+        """Any byte of the current response has arrived."""
 
     # -- asyncio.Protocol
 
@@ -119,6 +125,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.open = True
 
     def data_received(self, data: bytes) -> None:
+        self.received = True
         if self.complete and self.head_only:
             return
         try:
@@ -129,7 +136,14 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
         if self.head is not None and not self.head.done():
-            self.head.set_exception(UpstreamError("upstream closed the connection"))
+            self._cancel_timer()
+            # A reused connection closed before any byte of the answer came back: the
+            # upstream closed it idle, as we wrote. It never processed the request.
+            self.head.set_exception(
+                StaleConnectionError("upstream closed an idle connection as it was reused")
+                if self.reused and not self.received
+                else UpstreamError("upstream closed the connection")
+            )
         elif not self.complete and not self.framed and self.head is not None:
             # A response without Content-Length or chunking ends when the connection does.
             self.on_message_complete()
@@ -182,6 +196,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.framed = False
         self.sink = None
+        self.received = False
         self.head_only = head_only
         self._timer = loop.call_later(timeout, self._timed_out, timeout)
         self.transport.write(data)
@@ -246,6 +261,7 @@ class UpstreamPool:
         while idle:
             conn = idle.pop()
             if conn.open:
+                conn.reused = True
                 return conn
         return None
 
@@ -254,6 +270,10 @@ class UpstreamPool:
         conn = self.take_idle(address, port)
         if conn is not None:
             return conn
+        return await self.connect(address, port, connect_timeout)
+
+    async def connect(self, address: str, port: int, connect_timeout: float) -> UpstreamConnection:
+        """A new connection to ``address:port`` (never one from the pool)."""
         try:
             # wait_for (not asyncio.timeout): it works without a current Task.
             _, protocol = await asyncio.wait_for(
@@ -268,6 +288,39 @@ class UpstreamPool:
             ) from exc
         protocol.key = (address, port)
         return protocol
+
+    async def request(
+        self, address: str, port: int, data: bytes, within: float, head_only: bool
+    ) -> UpstreamConnection:
+        """Send one request; resolves when the response head has arrived.
+
+        A pooled connection the upstream closed just as we reused it fails before a byte
+        comes back; the request never reached the upstream, so it is sent once more on a
+        fresh connection whatever its method (nothing can have happened twice).
+        """
+        conn = self.take_idle(address, port)
+        if conn is not None:
+            try:
+                await conn.send(data, within, head_only)
+                return conn
+            except StaleConnectionError:
+                pass
+            except BaseException:
+                conn.close()
+                raise
+        return await self.send_fresh(address, port, data, within, head_only)
+
+    async def send_fresh(
+        self, address: str, port: int, data: bytes, within: float, head_only: bool
+    ) -> UpstreamConnection:
+        """``request`` on a new connection (never one from the pool)."""
+        conn = await self.connect(address, port, within)
+        try:
+            await conn.send(data, within, head_only)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection whose response is complete, for reuse."""
