@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ("resilience", "messaging", "discovery", "gateway", "client", "saga")
+MODULES = ("resilience", "messaging", "discovery", "gateway", "client", "eventstore", "saga")
 
 
 def main(argv: list[str]) -> int:

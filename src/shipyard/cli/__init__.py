@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shipyard.cli import dashboard, events, gateway, registry, run, saga, up
+from shipyard.cli import dashboard, events, gateway, projections, registry, run, saga, up
 
 # Each module contributes one sub-command through ``register(subparsers)``.
-_COMMANDS = (up, registry, events, gateway, run, saga, dashboard)
+_COMMANDS = (up, registry, events, gateway, run, projections, saga, dashboard)
 
 
 def build_parser() -> argparse.ArgumentParser:

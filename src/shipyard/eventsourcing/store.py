@@ -1,0 +1,353 @@
+"""The ``EventStore`` port: append with optimistic concurrency, per-stream and global reads.
+
+Events are stored as the messaging envelope (``{"name", "version", "data"}`` bytes from
+:meth:`~shipyard.messaging.EventRegistry.encode`), so the same bytes feed the outbox and
+upcasting on read goes through the registry. The default append (used on PostgreSQL) keeps a
+stream's current version in a small ``es_streams`` row that each append moves with a
+compare-and-set (``UPDATE ... WHERE version = expected``): a stale writer matches no row
+and writes nothing, and the row lock orders concurrent appenders of ONE stream only. The
+SQLite store checks versions with constraints instead (see ``sqlite.py``).
+
+The SQL shared by both dialects is here; ``sqlite.py`` and ``postgres.py`` add the schema and
+the global-order read, which is where the two differ.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, cast
+
+import msgspec
+
+from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError
+from shipyard.eventsourcing.errors import ConcurrencyError
+from shipyard.eventsourcing.group_commit import Commit, GroupCommitter
+from shipyard.storage import Database, Transaction
+
+EVENTS = "es_events"
+STREAMS = "es_streams"
+SNAPSHOTS = "es_snapshots"
+
+
+class NewEvent(msgspec.Struct, frozen=True, gc=False):
+    """An encoded event about to be appended (see ``EventRegistry.encode``)."""
+
+    event_id: str
+    name: str
+    body: bytes
+
+
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event as stored: its global ``position``, stream, version within it and envelope."""
+
+    position: int
+    stream_id: str
+    version: int
+    event_id: str
+    name: str
+    body: bytes
+
+
+class Snapshot(msgspec.Struct, frozen=True, gc=False):
+    """Aggregate state at ``version``; ``kind`` says which class (and schema) wrote it."""
+
+    stream_id: str
+    version: int
+    kind: str
+    state: bytes
+
+
+class EventStore(Protocol):
+    """Append-only streams with optimistic concurrency and a gap-free global order."""
+
+    @property
+    def db(self) -> Database:
+        """The database the events live in (read models may share it)."""
+
+    async def install(self) -> None:
+        """Create the tables if they do not exist (idempotent)."""
+
+    async def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
+    ) -> int:
+        """Append ``events`` if the stream is at ``expected_version``; returns the new version.
+
+        Raises :class:`ConcurrencyError` (writing nothing) when it is not. Concurrent calls
+        may share one transaction (group commit); each keeps its own outcome.
+        """
+
+    async def commit(self, commit: Commit) -> int:
+        """Append like :meth:`append`, also running ``commit.extra(tx)`` in the same transaction."""
+
+    async def append_in(
+        self, tx: Transaction, stream_id: str, events: Sequence[NewEvent], expected_version: int
+    ) -> int:
+        """:meth:`append` inside the caller's transaction ``tx``."""
+
+    async def read_stream(self, stream_id: str, from_version: int = 1) -> list[StoredEvent]:
+        """Events of one stream with ``version >= from_version``, in version order."""
+
+    async def read_streams(self, stream_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
+        """Every event of each of ``stream_ids`` (in one query); absent streams are left out."""
+
+    async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        """Up to ``limit`` events following ``after_position`` in the global order."""
+
+    async def read_all_in(
+        self, tx: Transaction, after_position: int, limit: int
+    ) -> list[StoredEvent]:
+        """:meth:`read_all` inside the caller's transaction ``tx``."""
+
+    async def count_after(self, after_position: int) -> int:
+        """How many readable events follow ``after_position`` in the global order."""
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The stream's current version (0 when it has no events)."""
+
+    async def load(self, stream_id: str) -> tuple[Snapshot | None, list[StoredEvent]]:
+        """The stream's latest snapshot and the events after it, read in one transaction."""
+
+    async def save_snapshot_in(self, tx: Transaction, snapshot: Snapshot) -> None:
+        """Store ``snapshot`` in ``tx``, replacing the stream's previous one."""
+
+    def on_append(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after each commit that appended events; returns an unsubscribe."""
+
+
+class SqlEventStore:
+    """SQL shared by the SQLite and PostgreSQL stores; subclasses supply schema + global reads.
+
+    ``group_commit`` is how many transactions may append concurrently; ``max_batch`` caps how
+    many waiting appends one transaction takes.
+    """
+
+    _read_all_sql: str
+    _count_after_sql: str
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        group_commit: int = 1,
+        max_batch: int = 256,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._db = db
+        self._read = read_only_transactions(db)
+        self._clock = clock
+        self._listeners: tuple[Callable[[], None], ...] = ()
+        self._committer = GroupCommitter(
+            db, self.append_in, transactions=group_commit, max_batch=max_batch
+        )
+
+    @property
+    def db(self) -> Database:
+        """The database holding the events."""
+        return self._db
+
+    @property
+    def transactions(self) -> int:
+        """Append transactions run so far (fewer than appends when group commit batched)."""
+        return self._committer.batches
+
+    def _schema(self) -> list[str]:
+        raise NotImplementedError
+
+    async def install(self) -> None:
+        """Create the event, stream and snapshot tables if they do not exist."""
+        async with self._db.transaction() as tx:
+            for statement in self._schema():
+                await tx.execute(statement)
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
+    ) -> int:
+        """Append ``events`` at ``expected_version`` (see :class:`EventStore`)."""
+        return await self._committer.submit(Commit(stream_id, events, expected_version))
+
+    async def commit(self, commit: Commit) -> int:
+        """Append ``commit`` plus its extra writes in one transaction (maybe shared)."""
+        return await self._committer.submit(commit)
+
+    async def append_in(
+        self, tx: Transaction, stream_id: str, events: Sequence[NewEvent], expected_version: int
+    ) -> int:
+        """Compare-and-set the stream version, then insert ``events`` — all in ``tx``."""
+        if expected_version < 0:
+            raise ConfigError("expected_version", expected_version, "must be >= 0")
+        if not events:
+            return expected_version
+        new_version = expected_version + len(events)
+        if expected_version == 0:
+            moved = await tx.fetchone(
+                f"INSERT INTO {STREAMS} (stream_id, version) VALUES (?, ?)"
+                " ON CONFLICT (stream_id) DO NOTHING RETURNING version",
+                stream_id,
+                new_version,
+            )
+        else:
+            moved = await tx.fetchone(
+                f"UPDATE {STREAMS} SET version = ? WHERE stream_id = ? AND version = ?"
+                " RETURNING version",
+                new_version,
+                stream_id,
+                expected_version,
+            )
+        if moved is None:
+            row = await tx.fetchone(f"SELECT version FROM {STREAMS} WHERE stream_id = ?", stream_id)
+            raise ConcurrencyError(stream_id, expected_version, 0 if row is None else row[0])
+        now = self._clock.now()
+        version = expected_version
+        rows: list[tuple[Any, ...]] = []
+        for event in events:
+            version += 1
+            rows.append((stream_id, version, event.event_id, event.name, event.body, now))
+        sql = (
+            f"INSERT INTO {EVENTS} (stream_id, version, event_id, name, body, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        if len(rows) == 1:
+            await tx.execute(sql, *rows[0])
+        else:
+            await tx.executemany(sql, rows)
+        if self._listeners:
+            tx.after_commit(self._notify)
+        return new_version
+
+    async def save_snapshot_in(self, tx: Transaction, snapshot: Snapshot) -> None:
+        """Upsert the stream's snapshot in ``tx``."""
+        await tx.execute(
+            f"INSERT INTO {SNAPSHOTS} (stream_id, version, kind, state) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version,"
+            " kind = excluded.kind, state = excluded.state",
+            snapshot.stream_id,
+            snapshot.version,
+            snapshot.kind,
+            snapshot.state,
+        )
+
+    def on_append(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after every commit that appended events (in this process)."""
+        self._listeners = (*self._listeners, callback)
+
+        def unsubscribe() -> None:
+            self._listeners = tuple(x for x in self._listeners if x is not callback)
+
+        return unsubscribe
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def read_stream(self, stream_id: str, from_version: int = 1) -> list[StoredEvent]:
+        """Events of ``stream_id`` from ``from_version`` on, in version order."""
+        async with self._read() as tx:
+            rows = await tx.fetch(
+                f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
+                " WHERE stream_id = ? AND version >= ? ORDER BY version",
+                stream_id,
+                from_version,
+            )
+        return [StoredEvent(*row) for row in rows]
+
+    async def read_streams(self, stream_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
+        """Events of several streams in one round trip, each list in version order."""
+        found: dict[str, list[StoredEvent]] = {}
+        if not stream_ids:
+            return found
+        marks = ",".join("?" * len(stream_ids))
+        async with self._read() as tx:
+            rows = await tx.fetch(
+                f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
+                f" WHERE stream_id IN ({marks}) ORDER BY stream_id, version",
+                *stream_ids,
+            )
+        for row in rows:
+            event = StoredEvent(*row)
+            stream = found.get(event.stream_id)
+            if stream is None:
+                stream = found[event.stream_id] = []
+            stream.append(event)
+        return found
+
+    async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        """Up to ``limit`` events after ``after_position`` in the global order."""
+        async with self._read() as tx:
+            return await self.read_all_in(tx, after_position, limit)
+
+    async def read_all_in(
+        self, tx: Transaction, after_position: int, limit: int
+    ) -> list[StoredEvent]:
+        """Global-order read inside ``tx`` (the dialect's query, see the subclasses)."""
+        rows = await tx.fetch(self._read_all_sql, after_position, limit)
+        return [StoredEvent(*row) for row in rows]
+
+    async def count_after(self, after_position: int) -> int:
+        """Readable events following ``after_position`` (a lag measure)."""
+        async with self._read() as tx:
+            row = await tx.fetchone(self._count_after_sql, after_position)
+        return 0 if row is None else int(row[0])
+
+    async def stream_version(self, stream_id: str) -> int:
+        """Current version of ``stream_id`` (0 if it does not exist)."""
+        async with self._read() as tx:
+            row = await tx.fetchone(f"SELECT version FROM {STREAMS} WHERE stream_id = ?", stream_id)
+        return 0 if row is None else int(row[0])
+
+    async def load(self, stream_id: str) -> tuple[Snapshot | None, list[StoredEvent]]:
+        """Latest snapshot of ``stream_id`` and the events after it, in one transaction."""
+        async with self._read() as tx:
+            snap = await tx.fetchone(
+                f"SELECT stream_id, version, kind, state FROM {SNAPSHOTS} WHERE stream_id = ?",
+                stream_id,
+            )
+            snapshot = None if snap is None else Snapshot(snap[0], snap[1], snap[2], bytes(snap[3]))
+            rows = await tx.fetch(
+                f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
+                " WHERE stream_id = ? AND version > ? ORDER BY version",
+                stream_id,
+                0 if snapshot is None else snapshot.version,
+            )
+        return snapshot, [StoredEvent(*row) for row in rows]
+
+
+def read_only_transactions(db: Database) -> Callable[[], AbstractAsyncContextManager[Transaction]]:
+    """``db.transaction(readonly=True)`` when the database offers it, else ``db.transaction``.
+
+    Read-only transactions run beside the writer (SQLite read connections, PostgreSQL
+    ``READ ONLY``), so replays and lag checks neither wait for appends nor hold them up.
+    Decided once, when the store is built.
+    """
+    begin: Any = db.transaction  # the base Database port has no readonly flag
+    try:
+        parameters = inspect.signature(begin).parameters
+    except (TypeError, ValueError):
+        return db.transaction
+    if "readonly" in parameters:
+        return cast(
+            "Callable[[], AbstractAsyncContextManager[Transaction]]",
+            functools.partial(begin, readonly=True),
+        )
+    return db.transaction
+
+
+async def open_event_store(db: Database, **options: Any) -> SqlEventStore:
+    """The event store for ``db``'s dialect, with its tables installed."""
+    store: SqlEventStore
+    if db.dialect == "sqlite":
+        from shipyard.eventsourcing.sqlite import SqliteEventStore
+
+        store = SqliteEventStore(db, **options)
+    else:
+        from shipyard.eventsourcing.postgres import PostgresEventStore
+
+        store = PostgresEventStore(db, **options)
+    await store.install()
+    return store
