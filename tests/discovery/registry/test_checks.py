@@ -88,6 +88,22 @@ async def test_tcp_check_passes_while_something_listens(client: consul.Consul) -
     await watch_health(client, "db", status_is("service:db-1", "critical"))
 
 
+async def wait_until_listening(process: asyncio.subprocess.Process, port: int) -> None:
+    """Wait for the child to accept connections (a loaded machine starts Python slowly),
+    failing clearly if it died instead (for instance, its port was taken meanwhile)."""
+    async with asyncio.timeout(60):
+        while True:
+            assert process.returncode is None, f"the child exited with {process.returncode}"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+
+
 async def test_a_killed_process_goes_critical_and_is_then_deregistered(
     client: consul.Consul, tmp_path: Path
 ) -> None:
@@ -98,6 +114,7 @@ async def test_a_killed_process_goes_critical_and_is_then_deregistered(
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        await wait_until_listening(process, port)
         check = consul.Check.http(
             f"http://127.0.0.1:{port}/", "50ms", timeout="1s", deregister="300ms"
         )
