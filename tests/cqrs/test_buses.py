@@ -30,9 +30,9 @@ from shipyard.eventsourcing import ProjectionRunner, Repository, open_event_stor
 from shipyard.messaging import Event, EventRegistry, Outbox
 from shipyard.messaging import install_schema as install_messaging
 from shipyard.storage import Database, Transaction, open_database
+from tests.conftest import scratch_postgres
 from tests.eventsourcing.read_models import CustomerOrderHistory
 from tests.eventsourcing.shop import Order, shop_registry
-from tests.storage.test_database_contract import scratch_postgres
 
 
 class PlaceOrder(Command):

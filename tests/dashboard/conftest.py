@@ -20,7 +20,7 @@ from shipyard.discovery.registry import RegistryServer
 from shipyard.observability import ServiceMetrics
 from shipyard.resilience import CircuitBreaker, CircuitOpenError, TokenBucketLimiter
 from shipyard.service import Service
-from tests.service.serving import free_port, serving
+from tests.service.serving import free_port, running, serving
 
 TOKEN = "dashboard-chaos-token"
 
@@ -127,20 +127,8 @@ async def serving_app(app: ASGIApp, port: int) -> AsyncIterator[None]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(5000):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.001)
-    if not server.started:
-        task.cancel()
-        raise AssertionError("uvicorn did not start")
-    try:
+    async with running(uvicorn.Server(config), "an app"):
         yield
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], attempts: int = 500) -> None:

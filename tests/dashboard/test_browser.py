@@ -32,7 +32,7 @@ from shipyard.service import Service
 from shipyard.storage import open_database
 from tests.conftest import IN_CI, require_binary
 from tests.dashboard.conftest import TOKEN, RunPayments
-from tests.service.serving import free_port, serving
+from tests.service.serving import free_port, running, serving
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 ORDERS = 6
@@ -143,18 +143,8 @@ async def dashboard_server(dashboard: Dashboard) -> AsyncIterator[str]:
     config = uvicorn.Config(
         dashboard.app, host="127.0.0.1", port=port, log_level="warning", access_log=False
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(5000):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.001)
-    assert server.started, "the dashboard did not start"
-    try:
+    async with running(uvicorn.Server(config), "the dashboard"):
         yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 async def test_the_page_shows_the_breaker_open_and_sagas_compensated_after_a_clicked_fault(

@@ -11,7 +11,7 @@ import pytest
 from shipyard.core import ManualClock
 from shipyard.eventsourcing import EventStore, open_event_store
 from shipyard.storage import open_database
-from tests.storage.test_database_contract import scratch_postgres
+from tests.conftest import scratch_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -9,7 +9,7 @@ import pytest
 
 from shipyard.eventsourcing import EventStore, NewEvent, PostgresEventStore, StoredEvent
 from shipyard.storage import open_database
-from tests.storage.test_database_contract import scratch_postgres
+from tests.conftest import scratch_postgres
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from shipyard.messaging import (
     install_schema,
 )
 from shipyard.storage import Database, Transaction, open_database
+from tests.conftest import scratch_postgres
 from tests.messaging.conftest import OrderCreated, eventually, make_registry
-from tests.storage.test_database_contract import scratch_postgres
 
 
 class FlakyTransport(MemoryTransport):

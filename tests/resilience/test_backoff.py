@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shipyard.resilience.backoff import backoff_delay, exponential_delay
+from shipyard.core import ConfigError
+from shipyard.resilience.backoff import Backoff, backoff_delay, exponential_delay
 
 attempts = st.integers(min_value=1, max_value=5000)
 bases = st.floats(min_value=0.0, max_value=5.0)
@@ -115,3 +117,16 @@ def test_decorrelated_jitter_stays_between_base_and_three_times_previous_and_cap
     )
     upper = 3 * max(base if prev is None else prev, base)
     assert min(base, cap) <= result <= min(upper, cap) + 1e-9
+
+
+def test_a_backoff_schedule_doubles_with_equal_jitter_up_to_its_cap() -> None:
+    backoff = Backoff.checked("base", 1.0, "cap", 4.0, random=lambda: 0.5)
+
+    assert [backoff.delay(n) for n in range(1, 5)] == [0.75, 1.5, 3.0, 3.0]
+
+
+def test_a_backoff_schedule_whose_cap_is_below_its_base_is_refused_naming_the_cap() -> None:
+    with pytest.raises(ConfigError) as info:
+        Backoff.checked("retry_base_delay", 5.0, "retry_max_delay", 1.0)
+
+    assert info.value.field == "retry_max_delay"

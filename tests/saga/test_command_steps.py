@@ -12,7 +12,6 @@ from shipyard.core import ManualClock
 from shipyard.messaging import (
     Event,
     EventBus,
-    EventRegistry,
     MemoryTransport,
     Outbox,
     OutboxRelay,
@@ -28,21 +27,7 @@ from shipyard.saga import (
     saga_headers,
 )
 from shipyard.storage import Transaction, open_database
-
-
-class Payment(msgspec.Struct):
-    order_id: str
-    amount: int
-    charge_id: str | None = None
-
-
-class ChargeCard(Event):
-    order_id: str
-    amount: int
-
-
-class RefundCard(Event):
-    order_id: str
+from tests.saga.payment import ChargeCard, Payment, RefundCard, registry
 
 
 async def noop(ctx: StepContext[Payment]) -> None:
@@ -67,13 +52,6 @@ def payment_saga(*, confirm_fails: bool = False) -> SagaDefinition[Payment]:
         ],
         data_type=Payment,
     )
-
-
-def registry() -> EventRegistry:
-    events = EventRegistry()
-    for event_type in (ChargeCard, RefundCard, StepReply):
-        events.register(event_type)
-    return events
 
 
 async def test_the_command_is_in_the_outbox_with_the_transition_that_sends_it(

@@ -14,7 +14,7 @@ import pytest
 from shipyard.saga import SagaRecord, SagaState, Step, StepContext
 from shipyard.saga.testing import RunPlan, SagaHarness
 from shipyard.storage import Database, open_database
-from tests.saga.conftest import scratch_postgres
+from tests.conftest import scratch_postgres
 from tests.saga.order import (
     BALANCE,
     STOCK,

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import msgspec
-
 from shipyard.core import ManualClock
-from shipyard.messaging import Event, EventRegistry, Outbox
+from shipyard.messaging import Outbox
 from shipyard.resilience import Retry
 from shipyard.saga import (
     Orchestrator,
@@ -25,22 +23,9 @@ from shipyard.saga import (
     saga_headers,
 )
 from shipyard.storage import Database, open_database
+from tests.saga.payment import ChargeCard, Payment, RefundCard, registry
 
 TIMEOUT = 5.0
-
-
-class Payment(msgspec.Struct):
-    order_id: str
-    amount: int
-
-
-class ChargeCard(Event):
-    order_id: str
-    amount: int
-
-
-class RefundCard(Event):
-    order_id: str
 
 
 class Ledger:
@@ -73,13 +58,6 @@ def payment_saga(ledger: Ledger, *, retry: Retry | None = None) -> SagaDefinitio
         ],
         data_type=Payment,
     )
-
-
-def registry() -> EventRegistry:
-    events = EventRegistry()
-    for event_type in (ChargeCard, RefundCard, StepReply):
-        events.register(event_type)
-    return events
 
 
 async def start(

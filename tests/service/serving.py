@@ -7,6 +7,8 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import uvicorn
+
 from shipyard.service import Service, ServiceServer, uvicorn_config
 
 
@@ -19,10 +21,8 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serving(service: Service, port: int) -> AsyncIterator[ServiceServer]:
-    """Run ``service`` on ``127.0.0.1:port`` for the block, then stop it gracefully."""
-    config = uvicorn_config(service, "127.0.0.1", port, log_level="warning")
-    server = ServiceServer(service, config)
+async def running(server: uvicorn.Server, name: str) -> AsyncIterator[None]:
+    """Run ``server`` in this event loop for the block, then stop it gracefully."""
     task = asyncio.create_task(server.serve())
     for _ in range(5000):
         if server.started or task.done():
@@ -30,9 +30,18 @@ async def serving(service: Service, port: int) -> AsyncIterator[ServiceServer]:
         await asyncio.sleep(0.001)
     if not server.started:
         task.cancel()
-        raise AssertionError(f"uvicorn did not start serving {service.name}")
+        raise AssertionError(f"uvicorn did not start serving {name}")
     try:
-        yield server
+        yield
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@asynccontextmanager
+async def serving(service: Service, port: int) -> AsyncIterator[ServiceServer]:
+    """Run ``service`` on ``127.0.0.1:port`` for the block, then stop it gracefully."""
+    config = uvicorn_config(service, "127.0.0.1", port, log_level="warning")
+    server = ServiceServer(service, config)
+    async with running(server, service.name):
+        yield server

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.test_database_contract import scratch_postgres
+from tests.conftest import scratch_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from shipyard import ConfigError
 from shipyard.storage import Database, DatabaseClosedError, open_database
 from shipyard.storage.postgres import to_numbered_params
-from tests.conftest import require_server
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@contextlib.asynccontextmanager
-async def scratch_postgres() -> AsyncIterator[str]:
-    """A throw-away PostgreSQL database, dropped afterwards."""
-    require_server("PostgreSQL", 5432)
-    name = f"shipyard_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+from tests.conftest import scratch_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

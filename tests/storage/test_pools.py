@@ -25,8 +25,7 @@ from shipyard.storage import (
     open_database,
 )
 from shipyard.storage.pools import Pools, pool_settings
-from tests.conftest import require_server
-from tests.storage.test_database_contract import PG_ADMIN
+from tests.conftest import PG_ADMIN, require_server
 
 
 async def until(condition: Any) -> None:

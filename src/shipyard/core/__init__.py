@@ -1,6 +1,8 @@
-"""Conventions every Shipyard package shares: errors, config checks, clock, events, logging."""
+"""Conventions every Shipyard package shares: errors, config checks, clock, events, logging,
+background tasks."""
 
 from shipyard.core import validation
+from shipyard.core.background import BackgroundRunner, cancel_and_wait
 from shipyard.core.clock import SYSTEM_CLOCK, Clock, ManualClock, SystemClock, TimerHandle
 from shipyard.core.errors import ConfigError, ShipyardError
 from shipyard.core.events import EventPublisher, Listener
@@ -19,6 +21,9 @@ __all__ = [
     # events
     "EventPublisher",
     "Listener",
+    # background tasks
+    "BackgroundRunner",
+    "cancel_and_wait",
     # logging
     "configure_logging",
     "get_logger",

@@ -1,15 +1,13 @@
 """The query bus: query handlers answer from read models, inside a read-only transaction.
 
-Handlers are ``async def handler(query, tx) -> result``. The transaction is read-only —
-``db.transaction(readonly=True)`` where the database offers it (SQLite read connections
-that run beside the writer, PostgreSQL ``READ ONLY``), else ``SET TRANSACTION READ ONLY`` /
-``PRAGMA query_only`` — so a query handler that tries to write fails at once instead of
+Handlers are ``async def handler(query, tx) -> result``. The transaction is
+``db.transaction(readonly=True)`` (SQLite read connections that run beside the writer,
+PostgreSQL ``READ ONLY``), so a query handler that tries to write fails at once instead of
 quietly turning a read into a write.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
@@ -28,11 +26,6 @@ class QueryBus:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        try:
-            # Decided once: does this database offer read-only transactions?
-            self._readonly = "readonly" in inspect.signature(db.transaction).parameters
-        except (TypeError, ValueError):
-            self._readonly = False
         self._handlers: dict[type[Query], tuple[QueryHandler, Validator]] = {}
 
     @overload
@@ -62,17 +55,5 @@ class QueryBus:
             raise NoHandlerError("query", type(query).__name__)
         handler, validator = entry
         validator.check(query)
-        if self._readonly:
-            begin: Any = self._db.transaction  # the base Database port has no readonly flag
-            async with begin(readonly=True) as tx:
-                return await handler(query, tx)
-        async with self._db.transaction() as tx:
-            if self._db.dialect == "postgresql":
-                await tx.execute("SET TRANSACTION READ ONLY")
-                return await handler(query, tx)
-            # query_only is per connection: switch it back off whatever the handler does.
-            await tx.execute("PRAGMA query_only = ON")
-            try:
-                return await handler(query, tx)
-            finally:
-                await tx.execute("PRAGMA query_only = OFF")
+        async with self._db.transaction(readonly=True) as tx:
+            return await handler(query, tx)

@@ -11,7 +11,6 @@ real Consul), in this process or not.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +20,15 @@ import aiohttp
 import msgspec
 
 from shipyard.chaos import Fault
-from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError, EventPublisher, get_logger, validation
+from shipyard.core import (
+    SYSTEM_CLOCK,
+    Clock,
+    ConfigError,
+    EventPublisher,
+    cancel_and_wait,
+    get_logger,
+    validation,
+)
 from shipyard.dashboard.control import ProcessControl
 from shipyard.dashboard.errors import SourceUnavailable
 from shipyard.dashboard.faults import CHAOS_PATH, Target, send_faults
@@ -119,9 +126,7 @@ class Collector:
         """Stop polling and close the HTTP session."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -138,9 +143,7 @@ class Collector:
                     _log.exception("dashboard poll failed")
                 await self._pause()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(watcher)
 
     async def _pause(self) -> None:
         sleeper = asyncio.ensure_future(self.clock.sleep(self.interval))

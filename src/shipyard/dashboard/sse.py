@@ -15,7 +15,7 @@ import contextlib
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from shipyard.core import Clock, TimerHandle, validation
+from shipyard.core import Clock, TimerHandle, cancel_and_wait, validation
 from shipyard.dashboard.collector import Collector
 from shipyard.dashboard.snapshot import Snapshot
 
@@ -99,8 +99,6 @@ class SnapshotStream:
         finally:
             unsubscribe()
             timer.cancel()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(watcher)
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -10,9 +10,8 @@ backoff, and one warning is logged per outage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-from shipyard.core import validation
+from shipyard.core import cancel_and_wait, validation
 from shipyard.core.clock import SYSTEM_CLOCK, Clock, TimerHandle
 from shipyard.core.logging import get_logger
 from shipyard.discovery.backend import RegistryBackend, backend_from_url
@@ -102,11 +101,7 @@ class Discovery:
             self._sweeper.cancel()
         tasks = [e.task for e in self._entries.values() if e.task is not None]
         self._entries.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         await self.backend.close()
 
     async def __aenter__(self) -> Discovery:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +17,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from shipyard.core import validation
+from shipyard.core import cancel_and_wait, validation
 from shipyard.core.clock import SYSTEM_CLOCK, Clock
 from shipyard.core.errors import ConfigError
 from shipyard.core.logging import get_logger
@@ -245,9 +244,7 @@ class EtcdBackend:
         if owned is None:
             return None
         key, task = owned
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         if revoke:
             found = await self._post("/v3/kv/range", {"key": _b64(key)})
             for kv in found.get("kvs", []):

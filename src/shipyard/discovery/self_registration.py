@@ -18,7 +18,7 @@ import contextlib
 import signal
 from typing import Protocol, runtime_checkable
 
-from shipyard.core import validation
+from shipyard.core import cancel_and_wait, validation
 from shipyard.core.clock import SYSTEM_CLOCK, Clock
 from shipyard.core.logging import get_logger
 from shipyard.discovery.backend import RegistryBackend, backend_from_url
@@ -128,11 +128,7 @@ class SelfRegistration:
             loop.remove_signal_handler(sig)
         self._signals.clear()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         if self.registered:
             try:
                 await self.backend.deregister(self.registration.id)

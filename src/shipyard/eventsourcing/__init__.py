@@ -17,7 +17,6 @@ from shipyard.eventsourcing.errors import (
     ProjectionNotFoundError,
     UnregisteredEventError,
 )
-from shipyard.eventsourcing.group_commit import Commit
 from shipyard.eventsourcing.postgres import PostgresEventStore
 from shipyard.eventsourcing.projection import (
     Projection,
@@ -28,6 +27,7 @@ from shipyard.eventsourcing.projection import (
 from shipyard.eventsourcing.repository import Repository, decode_stored
 from shipyard.eventsourcing.sqlite import SqliteEventStore
 from shipyard.eventsourcing.store import (
+    Commit,
     EventStore,
     NewEvent,
     Snapshot,

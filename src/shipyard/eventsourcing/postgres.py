@@ -63,7 +63,7 @@ class PostgresEventStore(SqlEventStore):
 
     async def count_after(self, after_position: int) -> int:
         """Readable events following ``after_position`` in the global order."""
-        async with self._read() as tx:
+        async with self._db.transaction(readonly=True) as tx:
             row = await tx.fetchone(self._count_after_sql, after_position, after_position)
         return 0 if row is None else int(row[0])
 

@@ -32,10 +32,9 @@ import re
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, ClassVar, Literal, TypeVar
 
-from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError, get_logger, validation
+from shipyard.core import SYSTEM_CLOCK, BackgroundRunner, Clock, ConfigError, get_logger, validation
 from shipyard.eventsourcing.errors import EventSourcingError, ProjectionNotFoundError
 from shipyard.eventsourcing.repository import decoder_for
 from shipyard.eventsourcing.store import EventStore, StoredEvent
@@ -162,12 +161,14 @@ def physical_table(name: str, generation: int) -> str:
     return f"{name}_g{generation}"
 
 
-class ProjectionRunner:
+class ProjectionRunner(BackgroundRunner):
     """Runs projections over ``store``: catch up from their checkpoint, then follow live.
 
     Live appends in this process wake the runner at once; appends from other processes are
     picked up every ``poll_interval`` seconds. ``batch_size`` events commit per transaction.
     """
+
+    task_name = "shipyard-projections"
 
     def __init__(
         self,
@@ -198,7 +199,6 @@ class ProjectionRunner:
             self._projections[name] = projection
         self._lock = " FOR UPDATE" if self._db.dialect == "postgresql" else ""
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
     def projection(self, name: str) -> Projection:
@@ -483,28 +483,3 @@ class ProjectionRunner:
             if self._unsubscribe is not None:
                 self._unsubscribe()
                 self._unsubscribe = None
-
-    def start(self) -> None:
-        """Run the projections as a background task."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self.run(), name="shipyard-projections")
-
-    async def stop(self) -> None:
-        """Cancel the background task and wait for it."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def __aenter__(self) -> ProjectionRunner:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

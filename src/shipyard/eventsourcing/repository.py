@@ -29,8 +29,7 @@ import msgspec
 from shipyard.core import validation
 from shipyard.eventsourcing.aggregate import Aggregate
 from shipyard.eventsourcing.errors import AggregateNotFoundError, UnregisteredEventError
-from shipyard.eventsourcing.group_commit import Commit
-from shipyard.eventsourcing.store import EventStore, NewEvent, Snapshot, StoredEvent
+from shipyard.eventsourcing.store import Commit, EventStore, NewEvent, Snapshot, StoredEvent
 from shipyard.messaging import Event, EventRegistry, Outbox, UnknownEventError
 from shipyard.storage import Transaction
 

@@ -81,7 +81,7 @@ class SqliteEventStore(SqlEventStore):
 
     async def stream_version(self, stream_id: str) -> int:
         """Current version of ``stream_id`` (0 if it does not exist)."""
-        async with self._read() as tx:
+        async with self._db.transaction(readonly=True) as tx:
             row = await tx.fetchone(_VERSION_SQL, stream_id)
         return 0 if row is None else int(row[0])
 

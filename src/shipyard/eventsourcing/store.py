@@ -14,18 +14,15 @@ the global-order read, which is where the two differ.
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol, cast
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import msgspec
 
 from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError
 from shipyard.eventsourcing.errors import ConcurrencyError
-from shipyard.eventsourcing.group_commit import Commit, GroupCommitter
-from shipyard.storage import Database, Transaction
+from shipyard.storage import Database, GroupCommitter, Transaction
 
 EVENTS = "es_events"
 STREAMS = "es_streams"
@@ -58,6 +55,17 @@ class Snapshot(msgspec.Struct, frozen=True, gc=False):
     version: int
     kind: str
     state: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class Commit:
+    """One append: ``events`` to ``stream_id`` at ``expected_version``, plus ``extra`` writes
+    (snapshot, outbox) that must commit or roll back together with the events."""
+
+    stream_id: str
+    events: Sequence[NewEvent]
+    expected_version: int
+    extra: Callable[[Transaction], Awaitable[None]] | None = None
 
 
 class EventStore(Protocol):
@@ -136,11 +144,11 @@ class SqlEventStore:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._db = db
-        self._read = read_only_transactions(db)
         self._clock = clock
         self._listeners: tuple[Callable[[], None], ...] = ()
-        self._committer = GroupCommitter(
-            db, self.append_in, transactions=group_commit, max_batch=max_batch
+        # Appends that queue up behind a running transaction share the next one.
+        self._committer: GroupCommitter[Commit, int] = GroupCommitter(
+            db, self._write_batch, transactions=group_commit, max_batch=max_batch
         )
 
     @property
@@ -150,8 +158,9 @@ class SqlEventStore:
 
     @property
     def transactions(self) -> int:
-        """Append transactions run so far (fewer than appends when group commit batched)."""
-        return self._committer.batches
+        """Append transactions committed so far (fewer than appends when group commit
+        batched)."""
+        return self._committer.transactions
 
     def _schema(self) -> list[str]:
         raise NotImplementedError
@@ -173,6 +182,27 @@ class SqlEventStore:
     async def commit(self, commit: Commit) -> int:
         """Append ``commit`` plus its extra writes in one transaction (maybe shared)."""
         return await self._committer.submit(commit)
+
+    async def _write_batch(
+        self, tx: Transaction, commits: Sequence[Commit]
+    ) -> list[int | Exception]:
+        # The version check runs before anything is written, so a stale append is answered
+        # with ConcurrencyError and simply leaves the batch. One lock order for every batch,
+        # so two PostgreSQL batches never deadlock on rows of the same streams; sorted() is
+        # stable, so one stream's appends keep arrival order.
+        outcomes: list[int | Exception] = [0] * len(commits)
+        for i in sorted(range(len(commits)), key=lambda i: commits[i].stream_id):
+            commit = commits[i]
+            try:
+                outcomes[i] = await self.append_in(
+                    tx, commit.stream_id, commit.events, commit.expected_version
+                )
+            except ConcurrencyError as error:
+                outcomes[i] = error
+                continue
+            if commit.extra is not None:
+                await commit.extra(tx)
+        return outcomes
 
     async def append_in(
         self, tx: Transaction, stream_id: str, events: Sequence[NewEvent], expected_version: int
@@ -248,7 +278,7 @@ class SqlEventStore:
 
     async def read_stream(self, stream_id: str, from_version: int = 1) -> list[StoredEvent]:
         """Events of ``stream_id`` from ``from_version`` on, in version order."""
-        async with self._read() as tx:
+        async with self._db.transaction(readonly=True) as tx:
             rows = await tx.fetch(
                 f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
                 " WHERE stream_id = ? AND version >= ? ORDER BY version",
@@ -263,7 +293,7 @@ class SqlEventStore:
         if not stream_ids:
             return found
         marks = ",".join("?" * len(stream_ids))
-        async with self._read() as tx:
+        async with self._db.transaction(readonly=True) as tx:
             rows = await tx.fetch(
                 f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
                 f" WHERE stream_id IN ({marks}) ORDER BY stream_id, version",
@@ -279,7 +309,7 @@ class SqlEventStore:
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         """Up to ``limit`` events after ``after_position`` in the global order."""
-        async with self._read() as tx:
+        async with self._db.transaction(readonly=True) as tx:
             return await self.read_all_in(tx, after_position, limit)
 
     async def read_all_in(
@@ -291,19 +321,19 @@ class SqlEventStore:
 
     async def count_after(self, after_position: int) -> int:
         """Readable events following ``after_position`` (a lag measure)."""
-        async with self._read() as tx:
+        async with self._db.transaction(readonly=True) as tx:
             row = await tx.fetchone(self._count_after_sql, after_position)
         return 0 if row is None else int(row[0])
 
     async def stream_version(self, stream_id: str) -> int:
         """Current version of ``stream_id`` (0 if it does not exist)."""
-        async with self._read() as tx:
+        async with self._db.transaction(readonly=True) as tx:
             row = await tx.fetchone(f"SELECT version FROM {STREAMS} WHERE stream_id = ?", stream_id)
         return 0 if row is None else int(row[0])
 
     async def load(self, stream_id: str) -> tuple[Snapshot | None, list[StoredEvent]]:
         """Latest snapshot of ``stream_id`` and the events after it, in one transaction."""
-        async with self._read() as tx:
+        async with self._db.transaction(readonly=True) as tx:
             snap = await tx.fetchone(
                 f"SELECT stream_id, version, kind, state FROM {SNAPSHOTS} WHERE stream_id = ?",
                 stream_id,
@@ -316,26 +346,6 @@ class SqlEventStore:
                 0 if snapshot is None else snapshot.version,
             )
         return snapshot, [StoredEvent(*row) for row in rows]
-
-
-def read_only_transactions(db: Database) -> Callable[[], AbstractAsyncContextManager[Transaction]]:
-    """``db.transaction(readonly=True)`` when the database offers it, else ``db.transaction``.
-
-    Read-only transactions run beside the writer (SQLite read connections, PostgreSQL
-    ``READ ONLY``), so replays and lag checks neither wait for appends nor hold them up.
-    Decided once, when the store is built.
-    """
-    begin: Any = db.transaction  # the base Database port has no readonly flag
-    try:
-        parameters = inspect.signature(begin).parameters
-    except (TypeError, ValueError):
-        return db.transaction
-    if "readonly" in parameters:
-        return cast(
-            "Callable[[], AbstractAsyncContextManager[Transaction]]",
-            functools.partial(begin, readonly=True),
-        )
-    return db.transaction
 
 
 async def open_event_store(db: Database, **options: Any) -> SqlEventStore:

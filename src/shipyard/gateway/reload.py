@@ -9,12 +9,11 @@ cannot advance.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from shipyard.core import validation
+from shipyard.core import cancel_and_wait, validation
 from shipyard.core.logging import get_logger
 
 _log = get_logger("shipyard.gateway.reload")
@@ -61,7 +60,5 @@ class ConfigWatcher:
     async def stop(self) -> None:
         """Stop polling."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None

@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError, get_logger, validation
+from shipyard.core import SYSTEM_CLOCK, Clock, cancel_and_wait, get_logger, validation
 from shipyard.messaging.deadletters import record_dead_letter
 from shipyard.messaging.errors import MessagingError
 from shipyard.messaging.events import Event, EventRegistry, WireMessage
 from shipyard.messaging.schema import INBOX, install_schema
 from shipyard.messaging.transport import Delivery, StartFrom, Subscription, Transport
-from shipyard.resilience.backoff import backoff_delay
+from shipyard.resilience.backoff import Backoff
 from shipyard.storage import Database, Transaction
 
 Handler = Callable[[Any, Transaction], Awaitable[None]]
@@ -95,10 +94,9 @@ class EventBus:
         self._db = db
         self.registry = registry
         self._max_attempts = validation.at_least("max_attempts", max_attempts, 1)
-        self._base = validation.positive("retry_base_delay", retry_base_delay)
-        self._max = validation.positive("retry_max_delay", retry_max_delay)
-        if self._max < self._base:
-            raise ConfigError("retry_max_delay", retry_max_delay, "must be >= retry_base_delay")
+        self._backoff = Backoff.checked(
+            "retry_base_delay", retry_base_delay, "retry_max_delay", retry_max_delay
+        )
         self._batch_size = validation.at_least("batch_size", batch_size, 1)
         validation.one_of("start_from", start_from, ("beginning", "now"))
         self._start_from: StartFrom = start_from
@@ -197,11 +195,7 @@ class EventBus:
         tasks = [g.task for g in self._groups.values() if g.task is not None]
         for group in self._groups.values():
             group.task = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     async def __aenter__(self) -> EventBus:
         await self.start()
@@ -214,17 +208,6 @@ class EventBus:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-    def _delay(self, attempt: int) -> float:
-        return backoff_delay(
-            attempt,
-            base_delay=self._base,
-            multiplier=2.0,
-            max_delay=self._max,
-            jitter="equal",
-            previous_delay=None,
-            random=random.random,
-        )
 
     async def _consume(self, group: _Group) -> None:
         failures = 0
@@ -249,7 +232,7 @@ class EventBus:
                 # Re-subscribing rewinds to the committed position, so nothing fetched
                 # but unacknowledged is skipped.
                 failures += 1
-                delay = self._delay(failures)
+                delay = self._backoff.delay(failures)
                 _log.warning(
                     "consumer group failed; re-subscribing",
                     group=group.name,
@@ -378,7 +361,7 @@ class EventBus:
         last_error: Exception | None = None if failed is None else failed.error
         while attempts < self._max_attempts:
             if attempts:
-                await self._clock.sleep(self._delay(attempts))
+                await self._clock.sleep(self._backoff.delay(attempts))
             attempts += 1
             try:
                 async with self._db.transaction() as tx:

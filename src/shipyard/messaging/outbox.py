@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-from types import TracebackType
 
-from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError, get_logger, validation
+from shipyard.core import SYSTEM_CLOCK, BackgroundRunner, Clock, get_logger, validation
 from shipyard.messaging.events import Event, EventRegistry, WireMessage
 from shipyard.messaging.schema import OUTBOX, install_schema
 from shipyard.messaging.transport import Transport
-from shipyard.resilience.backoff import backoff_delay
+from shipyard.resilience.backoff import Backoff
 from shipyard.storage import Database, Transaction
 
 _log = get_logger("shipyard.messaging.outbox")
@@ -59,7 +57,7 @@ class Outbox:
             waker.set()
 
 
-class OutboxRelay:
+class OutboxRelay(BackgroundRunner):
     """Publishes the outbox of ``db`` to ``transport``, in order, at least once.
 
     Pass the service's ``outbox`` so the relay wakes as soon as a transaction that added
@@ -67,6 +65,8 @@ class OutboxRelay:
     ``poll_interval`` seconds. Publishing failures back off exponentially from
     ``retry_base_delay`` up to ``retry_max_delay`` and are logged.
     """
+
+    task_name = "shipyard-outbox-relay"
 
     def __init__(
         self,
@@ -84,14 +84,12 @@ class OutboxRelay:
         self._transport = transport
         self._batch_size = validation.at_least("batch_size", batch_size, 1)
         self._poll = validation.positive("poll_interval", poll_interval)
-        self._base = validation.positive("retry_base_delay", retry_base_delay)
-        self._max = validation.positive("retry_max_delay", retry_max_delay)
-        if self._max < self._base:
-            raise ConfigError("retry_max_delay", retry_max_delay, "must be >= retry_base_delay")
+        self._backoff = Backoff.checked(
+            "retry_base_delay", retry_base_delay, "retry_max_delay", retry_max_delay
+        )
         self._clock = clock
         self._wake = asyncio.Event()
         self._outbox = outbox
-        self._task: asyncio.Task[None] | None = None
         self.published = 0
         """Rows published since start (republished rows count again)."""
         self.failures = 0
@@ -128,18 +126,6 @@ class OutboxRelay:
             total += count
         return total
 
-    def _retry_delay(self) -> float:
-        # Jitter keeps many relays from hammering a recovering broker in lockstep.
-        return backoff_delay(
-            self.failures,
-            base_delay=self._base,
-            multiplier=2.0,
-            max_delay=self._max,
-            jitter="equal",
-            previous_delay=None,
-            random=random.random,
-        )
-
     async def run(self) -> None:
         """Relay forever (until cancelled): wake on commit, poll as a fallback, back off."""
         await install_schema(self._db)
@@ -152,7 +138,7 @@ class OutboxRelay:
                     count = await self.relay_once()
                 except Exception as error:
                     self.failures += 1
-                    delay = self._retry_delay()
+                    delay = self._backoff.delay(self.failures)
                     _log.warning(
                         "outbox relay cannot publish; events stay in the outbox",
                         transport=self._transport.url,
@@ -172,28 +158,3 @@ class OutboxRelay:
         finally:
             if self._outbox is not None:
                 self._outbox._wakers.discard(self._wake)
-
-    def start(self) -> None:
-        """Run the relay as a background task."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self.run(), name="shipyard-outbox-relay")
-
-    async def stop(self) -> None:
-        """Cancel the background task and wait for it to finish."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def __aenter__(self) -> OutboxRelay:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

@@ -5,7 +5,7 @@ Every policy works as a decorator (sync stays sync, async stays async, types kep
 ``await policy.call(fn, *args)`` and as ``policy.call_sync(fn, *args)``.
 """
 
-from shipyard.resilience.backoff import Jitter, backoff_delay, exponential_delay
+from shipyard.resilience.backoff import Backoff, Jitter, backoff_delay, exponential_delay
 from shipyard.resilience.breaker import (
     BreakerEvent,
     BreakerMetrics,
@@ -81,6 +81,7 @@ __all__ = [
     "retry_attempts",
     "is_client_error",
     "backoff_delay",
+    "Backoff",
     "exponential_delay",
     "Jitter",
     # timeout

@@ -7,8 +7,12 @@ check the bounds; nothing here reads a clock or keeps state.
 
 from __future__ import annotations
 
+import random as _random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
+
+from shipyard.core import ConfigError, validation
 
 Jitter = Literal["full", "equal", "decorrelated"] | None
 """``None``: plain capped exponential; ``"full"``: uniform in [0, exp); ``"equal"``: half the
@@ -61,3 +65,44 @@ def backoff_delay(
     upper = previous * DECORRELATED_GROWTH
     delay = base_delay + random() * (upper - base_delay)
     return delay if delay < max_delay else max_delay
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Doubling delays with equal jitter, from ``base_delay`` up to ``max_delay`` seconds: the
+    schedule of loops that retry until they succeed (outbox relays, bus consumers, saga
+    steps without a retry policy of their own); the jitter keeps many of them from
+    hammering a recovering server in lockstep. Build it with :meth:`checked`."""
+
+    base_delay: float
+    max_delay: float
+    random: Callable[[], float] = _random.random
+
+    @classmethod
+    def checked(
+        cls,
+        base_field: str,
+        base_delay: float,
+        max_field: str,
+        max_delay: float,
+        random: Callable[[], float] = _random.random,
+    ) -> Backoff:
+        """Both delays validated as positive with ``max_delay >= base_delay``; a
+        ``ConfigError`` names the caller's parameter (``base_field`` / ``max_field``)."""
+        base = validation.positive(base_field, base_delay)
+        cap = validation.positive(max_field, max_delay)
+        if cap < base:
+            raise ConfigError(max_field, max_delay, f"must be >= {base_field} ({base_delay})")
+        return cls(base, cap, random)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1 = the first)."""
+        return backoff_delay(
+            attempt,
+            base_delay=self.base_delay,
+            multiplier=2.0,
+            max_delay=self.max_delay,
+            jitter="equal",
+            previous_delay=None,
+            random=self.random,
+        )

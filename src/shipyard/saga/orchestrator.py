@@ -45,7 +45,7 @@ import msgspec
 from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError, EventPublisher, get_logger, validation
 from shipyard.core.clock import TimerHandle
 from shipyard.messaging import Event, Outbox, install_schema
-from shipyard.resilience import Retry, Timeout, backoff_delay
+from shipyard.resilience import Backoff, Retry, Timeout, backoff_delay
 from shipyard.saga.definition import SagaDefinition, Step, StepContext
 from shipyard.saga.errors import (
     LeaseLostError,
@@ -54,10 +54,10 @@ from shipyard.saga.errors import (
     SagaVersionMismatchError,
     UnknownSagaError,
 )
-from shipyard.saga.group_commit import GroupCommitter, PendingWrite
 from shipyard.saga.record import SagaRecord, SagaState, Transition, TransitionKind
 from shipyard.saga.reply import SAGA_ATTEMPT, SAGA_COMPENSATION, SAGA_ID, SAGA_STEP, StepReply
 from shipyard.saga.store import SagaLog, saga_log_for
+from shipyard.saga.writes import PendingWrite, saga_writer
 from shipyard.storage import Database, Transaction
 
 _log = get_logger("shipyard.saga")
@@ -123,12 +123,9 @@ class Orchestrator:
         )
         self._db = self.log.db
         self._outbox = outbox
-        self._base = validation.positive("backoff_base", backoff_base)
-        self._max = validation.positive("backoff_max", backoff_max)
-        if self._max < self._base:
-            raise ConfigError(
-                "backoff_max", backoff_max, f"must be >= backoff_base ({backoff_base})"
-            )
+        self._backoff = Backoff.checked(
+            "backoff_base", backoff_base, "backoff_max", backoff_max, random_source
+        )
         self._alert_after = validation.at_least("alert_after", alert_after, 1)
         self._clock = clock
         self._on_commit = on_commit
@@ -145,7 +142,7 @@ class Orchestrator:
         self._latest: dict[str, AnyDefinition] = {}
         self._timeouts: dict[int, Timeout] = {}
         self._tasks: dict[str, asyncio.Task[SagaRecord]] = {}
-        self._writer = GroupCommitter(self._db, self.log, outbox)
+        self._writer = saga_writer(self._db, self.log, outbox)
         self.events: EventPublisher[SagaEvent] = EventPublisher("saga")
         """Every committed transition, including ``alert``."""
 
@@ -566,7 +563,7 @@ class Orchestrator:
         pending = [self._transition(record, TransitionKind.STARTED, None)]
         commands: list[Event] = []
         self._enter(definition, record, 0, data, pending, commands)
-        existing = await self._writer.write(PendingWrite(record, pending, commands, create=True))
+        existing = await self._writer.submit(PendingWrite(record, pending, commands, create=True))
         if existing is not None:
             return existing
         self._committed(record, pending)
@@ -642,15 +639,7 @@ class Orchestrator:
                 random=self._random,
             )
         else:
-            delay = backoff_delay(
-                attempt,
-                base_delay=self._base,
-                multiplier=2.0,
-                max_delay=self._max,
-                jitter="equal",
-                previous_delay=None,
-                random=self._random,
-            )
+            delay = self._backoff.delay(attempt)
         hint = getattr(error, "retry_after", None)
         if isinstance(hint, int | float) and not isinstance(hint, bool) and hint > delay:
             delay = float(hint)
@@ -822,7 +811,7 @@ class Orchestrator:
         record.data = msgspec.json.encode(data)
         record.updated_at = self._clock.now()
         record.lease_until = record.updated_at + self._lease
-        await self._writer.write(PendingWrite(record, pending, commands))
+        await self._writer.submit(PendingWrite(record, pending, commands))
         self._committed(record, pending)
 
     def _committed(self, record: SagaRecord, pending: Sequence[Transition]) -> None:

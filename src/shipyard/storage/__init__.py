@@ -5,7 +5,8 @@ Open by URL — ``await open_database("sqlite:///var/orders.db")`` or
 ``await open_database("postgresql://...", pools={"api": {}, "analytics": {}},
 migrations="migrations/")`` — and write SQL with ``?`` placeholders. Run a transaction in
 a pool with ``db.transaction(pool="analytics", readonly=True)`` or
-``db.pool("analytics").transaction()``.
+``db.pool("analytics").transaction()``. :class:`GroupCommitter` lets writes that queue up
+behind a running transaction share the next one.
 """
 
 from shipyard.storage.database import (
@@ -26,6 +27,7 @@ from shipyard.storage.errors import (
     StorageError,
     UnknownPoolError,
 )
+from shipyard.storage.group_commit import GroupCommitter, WriteBatch
 from shipyard.storage.migrations import Migration, load_migrations, migrate
 from shipyard.storage.monitor import DatabaseHealth, database_breaker
 from shipyard.storage.pools import DEFAULT_POOLS, PoolConfig, PoolMetrics, PoolSettings, PoolView
@@ -66,6 +68,9 @@ __all__ = [
     # breaker and health
     "DatabaseHealth",
     "database_breaker",
+    # group commit
+    "GroupCommitter",
+    "WriteBatch",
     # migrations
     "migrate",
     "load_migrations",

@@ -53,8 +53,9 @@ class Database(Protocol):
     def dialect(self) -> Dialect:
         """``"sqlite"`` or ``"postgresql"`` — for the rare DDL that differs."""
 
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
-        """Begin a transaction: commits when the block exits, rolls back on an exception."""
+    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Transaction]:
+        """Begin a transaction: commits when the block exits, rolls back on an exception.
+        ``readonly=True`` promises it only reads (it may then run beside writers)."""
 
     async def close(self) -> None:
         """Close every connection; the database cannot be used afterwards."""

@@ -1,0 +1,146 @@
+"""Group commit: writes that arrive while a transaction is running share the next one.
+
+A commit's cost is mostly fixed (on SQLite one fsync at ``synchronous=FULL``, on
+PostgreSQL one WAL flush and round trips), so when many writers save at once, batching
+them multiplies throughput. There is no timer: a lone write starts its transaction at
+once; only writes that queue up behind a running transaction are batched. Each caller
+still waits for ITS commit, so "durable before the next action" holds exactly as with one
+transaction per write.
+
+Each write keeps its own outcome. The batch writer may answer an item with an exception
+instead of a value: that item wrote nothing and simply leaves the batch (an event store's
+version conflict). Any error the batch writer raises (a bad row, a database error) rolls
+the batch back and every item in it runs again in a transaction of its own, so only the
+culprit fails.
+
+Used by the event store (``shipyard.eventsourcing``) and the saga log (``shipyard.saga``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from shipyard.core import validation
+from shipyard.storage.database import Database, Transaction
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+WriteBatch = Callable[[Transaction, Sequence[T]], Awaitable[Sequence[R | Exception]]]
+"""``async def write(tx, items) -> outcomes``: writes ``items`` in ``tx`` and returns one
+outcome per item, in order — its result, or the exception it fails with having written
+nothing. Raising rolls the whole batch back (each item is then retried alone)."""
+
+
+class GroupCommitter(Generic[T, R]):
+    """Runs items through ``write`` in at most ``transactions`` concurrent transactions of
+    ``db``, each taking up to ``max_batch`` waiting items."""
+
+    def __init__(
+        self,
+        db: Database,
+        write: WriteBatch[T, R],
+        *,
+        transactions: int = 1,
+        max_batch: int = 256,
+    ) -> None:
+        self._db = db
+        self._write = write
+        self._transactions = validation.at_least("group_commit", transactions, 1)
+        self._max_batch = validation.at_least("max_batch", max_batch, 1)
+        self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.transactions = 0
+        """Transactions committed (``written / transactions`` is the mean batch size)."""
+        self.written = 0
+        """Items committed."""
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its outcome: its result or its error."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._running >= self._transactions:
+            return await future  # a running transaction takes it next
+        # Lead: run batches in this task until our own item is done, so an uncontended
+        # write spawns no task; whatever queued up meanwhile goes to a background task.
+        self._running += 1
+        try:
+            while not future.done() and self._queue:
+                await self._next_batch()
+            if not future.done():  # another transaction took it: wait for that one
+                await asyncio.wait([future])
+        except asyncio.CancelledError:
+            future.cancel()  # requeued by _next_batch; now skipped, never written
+            raise
+        finally:
+            if self._queue:
+                self._spawn_drain()  # the running slot passes to the background task
+            else:
+                self._running -= 1
+        return future.result()
+
+    def _spawn_drain(self) -> None:
+        task = asyncio.create_task(self._drain())
+        self._tasks.add(task)  # keep a reference: the loop holds tasks weakly
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                await self._next_batch()
+        finally:
+            self._running -= 1
+
+    async def _next_batch(self) -> None:
+        take = min(len(self._queue), self._max_batch)
+        # A caller cancelled before its transaction started gets nothing written.
+        batch = [
+            entry for entry in (self._queue.popleft() for _ in range(take)) if not entry[1].done()
+        ]
+        try:
+            if len(batch) == 1:
+                await self._run(batch)
+            elif batch and not await self._run(batch):
+                for entry in batch:  # the batch rolled back: each alone finds the culprit
+                    await self._run([entry])
+        except asyncio.CancelledError:
+            # The leading caller was cancelled: the others in its batch still want their
+            # answer. Put them back in front; the transaction rolled back (if it had
+            # already committed, the rerun meets what it wrote, and the writer's keys or
+            # version checks must refuse it: the event store's and saga log's do, so a
+            # rerun is answered with an error, never written twice).
+            for entry in reversed(batch):
+                if not entry[1].done():
+                    self._queue.appendleft(entry)
+            raise
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> bool:
+        """One transaction for ``batch``; False when it rolled back with more than one item
+        in it (nobody answered yet), True when every item got its outcome."""
+        try:
+            async with self._db.transaction() as tx:
+                outcomes = await self._write(tx, [item for item, _ in batch])
+        except Exception as error:
+            if len(batch) > 1:
+                return False
+            _resolve(batch[0][1], error)
+            return True
+        self.transactions += 1
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not isinstance(outcome, Exception):
+                self.written += 1
+            _resolve(future, outcome)
+        return True
+
+
+def _resolve(future: asyncio.Future[R], outcome: R | Exception) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
