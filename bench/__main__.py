@@ -5,7 +5,16 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ("resilience", "messaging", "discovery", "gateway", "client", "eventstore", "saga")
+MODULES = (
+    "resilience",
+    "messaging",
+    "discovery",
+    "gateway",
+    "client",
+    "eventstore",
+    "saga",
+    "shop",
+)
 
 
 def main(argv: list[str]) -> int:
