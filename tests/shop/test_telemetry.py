@@ -334,11 +334,6 @@ async def test_the_gateway_shows_its_rate_limiters_breakers_and_upstream_edges(
     assert edges[("gateway", "orders")].get("2xx", 0) > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orders does not export its client breakers (towards inventory and payments) "
-    "on /metrics, so the dashboard cannot show them (issue 9 note)",
-)
 async def test_orders_shows_its_breakers_towards_the_saga_participants(
     observed: Observed,
 ) -> None:

@@ -268,7 +268,18 @@ def build(settings: ShopSettings) -> Service:
         ],
         lifespan=runtime.lifespan(),
     )
-    return runtime.service(app)
+    service = runtime.service(app)
+
+    @runtime.on_open
+    async def watch_breakers() -> None:
+        # The saga's calls to its participants go through these breakers: export them so
+        # the dashboard shows them open when inventory or payments fail.
+        for participant in ("inventory", "payments"):
+            breaker = runtime.client(participant).service_breaker
+            if breaker is not None:
+                service.watch(breaker)
+
+    return service
 
 
 class _LazyBook(OrderBook):
