@@ -24,7 +24,7 @@ from typing import Any
 from examples.shop.contracts import shop_registry
 from examples.shop.settings import ShopSettings
 from starlette.applications import Starlette
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from shipyard.client import ServiceClient
 from shipyard.discovery import Discovery
@@ -169,7 +169,7 @@ class ShopRuntime:
 
         await _retrying(create_tables)
         if self._publishes:
-            await _install_messaging(db)  # the outbox table, written by the seed too
+            await install_schema(db)  # the outbox table, written by the seed too
         if self._seed is not None:
             async with db.transaction() as tx:
                 await self._seed(tx)
@@ -189,7 +189,7 @@ class ShopRuntime:
         if consuming:
             inbox = await open_database(self.settings.database_url(f"{self.name}-inbox"))
             self._inbox = inbox
-            await _install_messaging(inbox)
+            await install_schema(inbox)
             # Choreography must not give up on an event: a participant that is down for a
             # while is retried (capped backoff) rather than dead-lettered after 5 tries.
             self.bus = EventBus(
@@ -276,48 +276,26 @@ class ShopRuntime:
         )
 
     def _idempotency_middleware(self, app: ASGIApp) -> ASGIApp:
-        return _OpenedLater(app, self)
+        # The store lives in the database open() creates in the lifespan, after this
+        # middleware was built: the opener is called once the lifespan has started.
+        return IdempotencyMiddleware(
+            app,
+            store=self._opened_idempotency_store,
+            principal=header_principal("X-User-Id"),
+            concurrent="wait",
+            required_paths=self.idempotency_required,
+        )
 
-
-class _OpenedLater:
-    """The idempotency middleware, built on the first request: its store lives in the
-    database the lifespan opens, after the ``Service`` was composed."""
-
-    __slots__ = ("_app", "_middleware", "_runtime")
-
-    def __init__(self, app: ASGIApp, runtime: ShopRuntime) -> None:
-        self._app = app
-        self._runtime = runtime
-        self._middleware: ASGIApp | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        middleware = self._middleware
-        if middleware is None:
-            store = self._runtime.idempotency_store
-            if store is None:
-                raise RuntimeError("the idempotency store opens at start-up")
-            middleware = self._middleware = IdempotencyMiddleware(
-                self._app,
-                store=store,
-                principal=header_principal("X-User-Id"),
-                concurrent="wait",
-                required_paths=self._runtime.idempotency_required,
-            )
-        await middleware(scope, receive, send)
-
-
-async def _install_messaging(db: PooledDatabase) -> None:
-    """``install_schema`` once before any relay or bus starts: a relay whose own install
-    fails stops for good (see :func:`_retrying` for why it may fail)."""
-    await _retrying(lambda: install_schema(db))
+    def _opened_idempotency_store(self) -> SqlIdempotencyStore:
+        if self.idempotency_store is None:
+            raise RuntimeError(f"{self.name}: the idempotency store opens at start-up")
+        return self.idempotency_store
 
 
 async def _retrying(install: Callable[[], Awaitable[None]], attempts: int = 5) -> None:
-    """Run a schema install, again if it fails: on PostgreSQL two concurrent ``CREATE TABLE
-    IF NOT EXISTS`` (two instances starting together) can fail with a unique violation."""
+    """Run the service's own schema install, again if it fails: on PostgreSQL two
+    concurrent ``CREATE TABLE IF NOT EXISTS`` (two instances starting together) can fail
+    with a unique violation. (The toolkit's ``install_schema`` serializes itself.)"""
     for attempt in range(attempts):
         try:
             await install()

@@ -32,7 +32,7 @@ from examples.shop.serve import SERVICES
 from examples.shop.settings import Flow, ShopSettings
 
 from shipyard.core import ConfigError, ShipyardError, get_logger
-from shipyard.discovery import RegistryServer
+from shipyard.discovery import Discovery, Registration, RegistryServer
 
 _log = get_logger("shop.supervisor")
 
@@ -243,10 +243,34 @@ class Supervisor:
             for instance in starting:
                 self._spawn(instance)
             await self._wait_ready(starting)
+            if self.with_gateway:
+                await self._register_gateway()
         except BaseException:
             await self.stop()
             raise
         self.ready_in = time.monotonic() - began
+
+    async def _register_gateway(self) -> None:
+        """List the gateway in the registry like any service, so the dashboard finds it:
+        health from the admin listener's open ``/health``, metrics from its ``/metrics``
+        there (behind the admin token, which the dashboard holds)."""
+        admin = f"http://{self.host}:{self.gateway_admin_port}"
+        discovery = Discovery(f"consul://{self.host}:{self.registry_port}")
+        try:
+            await discovery.register(
+                Registration(
+                    name="gateway",
+                    id=self.gateway.id,
+                    address=self.host,
+                    port=self.gateway_port,
+                    meta={"metrics_port": str(self.gateway_admin_port), "metrics_auth": "bearer"},
+                    http_check=f"{admin}/health",
+                    interval=1.0,
+                    deregister_after=None,
+                )
+            )
+        finally:
+            await discovery.aclose()
 
     async def kill(self, instance_id: str) -> None:
         """SIGKILL the instance's process group (a crash, for chaos runs)."""

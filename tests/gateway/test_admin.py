@@ -42,6 +42,15 @@ async def test_the_admin_api_needs_the_bearer_token(upstream: Upstream) -> None:
     assert missing.headers["www-authenticate"].startswith("Bearer")
 
 
+async def test_health_answers_without_the_token_and_reveals_nothing(upstream: Upstream) -> None:
+    async with running(admin_yaml(upstream.url)) as gw:
+        health = await admin(gw, "GET", "/health", token=None)
+        routes = await admin(gw, "GET", "/routes", token=None)
+    assert health.status == 200
+    assert health.json() == {"status": "pass"}
+    assert routes.status == 401
+
+
 async def test_without_a_token_the_admin_api_is_not_started(
     upstream: Upstream, monkeypatch: Any
 ) -> None:

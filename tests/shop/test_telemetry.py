@@ -138,6 +138,9 @@ async def observed(shop: Supervisor, driver: ShopDriver) -> AsyncIterator[Observ
                 )
                 assert cleared.status_code == 200, cleared.text
             assert breaker_open is not None, "payments' breaker never showed open"
+            # Orders caught by the outage may still confirm once it clears; a declined card
+            # is a definite failure, so at least one saga always compensates.
+            failed.append(await place(driver, "declined-1", [line("p-006")]))
             assert await driver.settle(failed, within=60) == []
             settled = await collector.refresh()
             api = (await board.get("/api/snapshot")).json()
@@ -162,7 +165,7 @@ async def test_every_service_and_instance_shows_with_passing_health_checks(
 ) -> None:
     snapshot = observed.settled
     assert snapshot.registry_error is None
-    expected = {i.service for i in shop.instances() if i.service != "gateway"}
+    expected = {i.service for i in shop.instances()}  # the gateway included
     assert {s.name for s in snapshot.services} == expected
     assert len(instances(snapshot, "inventory")) == 2
     for service in snapshot.services:
@@ -317,11 +320,6 @@ async def test_the_gateways_request_id_is_logged_by_every_hop(
     assert {"gateway-access", "orders-1", "payments-1", "payment-provider-1"} <= set(seen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway is not registered and its /metrics sit behind the admin token: "
-    "the dashboard shows no gateway limiters, breakers or upstream edges (issue 9 note)",
-)
 async def test_the_gateway_shows_its_rate_limiters_breakers_and_upstream_edges(
     observed: Observed,
 ) -> None:

@@ -19,7 +19,7 @@ BEFORE the failed one — a step that failed while in fact succeeding would neve
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -31,7 +31,7 @@ from shipyard.core import ShipyardError
 from shipyard.eventsourcing import ConcurrencyError, Repository
 from shipyard.messaging import EventBus
 from shipyard.resilience import Retry
-from shipyard.saga import SagaDefinition, Step, StepContext
+from shipyard.saga import SagaDefinition, Step, StepContext, StepFailure
 from shipyard.storage import Transaction
 
 SAGA = "place-order"
@@ -127,14 +127,25 @@ class OrderBook:
         return result
 
 
+def _cancel_reason(failure: StepFailure | None) -> str:
+    """What the customer sees: a participant's own reason as is, anything else with its
+    error type."""
+    if failure is None:
+        return "the order could not be placed"
+    if failure.error_type == ParticipantRefused.__qualname__:
+        text = failure.message
+    else:
+        text = str(failure)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def place_order_saga(
     book: OrderBook,
     inventory: ServiceClient,
     payments: ServiceClient,
-    failure_reason: Callable[[str], Awaitable[str]],
 ) -> SagaDefinition[PlaceOrder]:
-    """The orchestrated flow (see the module docs); ``failure_reason(saga_id)`` says why
-    a compensating saga failed, for the cancelled order."""
+    """The orchestrated flow (see the module docs); the cancelled order carries the
+    failure the saga compensates for (``ctx.failure``)."""
 
     def headers(ctx: StepContext[PlaceOrder]) -> dict[str, str]:
         return {"Idempotency-Key": ctx.idempotency_key, "X-Saga-Id": ctx.saga_id}
@@ -147,7 +158,7 @@ def place_order_saga(
         )
 
     async def cancel(ctx: StepContext[PlaceOrder]) -> None:
-        reason = await failure_reason(ctx.saga_id)
+        reason = _cancel_reason(ctx.failure)
         await book.change(ctx.data.order_id, lambda order: order.cancel(reason))
 
     async def reserve(ctx: StepContext[PlaceOrder]) -> None:

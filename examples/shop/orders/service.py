@@ -24,7 +24,6 @@ from examples.shop.orders.aggregate import Order
 from examples.shop.orders.placement import (
     SAGA,
     OrderBook,
-    ParticipantRefused,
     PlaceOrder,
     choreography,
     place_order_saga,
@@ -104,11 +103,6 @@ def build(settings: ShopSettings) -> Service:
     runtime = ShopRuntime("orders", settings, publishes=True, idempotency_required=["/orders"])
     parts = _Parts()
 
-    async def failure_reason(saga_id: str) -> str:
-        record = await parts.orchestrator.log.get(saga_id)
-        reason = record.error or "the order could not be placed"
-        return _short(reason.removeprefix(f"{ParticipantRefused.__qualname__}: "))
-
     @runtime.on_open
     async def start() -> None:
         store = await open_event_store(runtime.db)
@@ -116,7 +110,7 @@ def build(settings: ShopSettings) -> Service:
         parts.book = OrderBook(repository)
         parts.orchestrator = Orchestrator(runtime.db, backoff_base=0.2, backoff_max=2.0)
         parts.saga = place_order_saga(
-            parts.book, runtime.client("inventory"), runtime.client("payments"), failure_reason
+            parts.book, runtime.client("inventory"), runtime.client("payments")
         )
         parts.orchestrator.register(parts.saga)
         await parts.orchestrator.install()
@@ -293,7 +287,3 @@ class _LazyBook(OrderBook):
 
     async def change(self, order_id: str, command: Any) -> Order:
         return await self._parts.book.change(order_id, command)
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= 300 else text[:297] + "..."

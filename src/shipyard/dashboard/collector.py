@@ -288,12 +288,13 @@ class Collector:
         ]
         worst = max((_SEVERITY.get(c.status, 2) for c in checks), default=0)
         base = f"http://{address}:{port}"
+        metrics_url, metrics_headers = self._metrics_source(address, base, svc.get("Meta"))
         metrics_error = None
         sample: InstanceSample | None = None
         faults = None
         try:
             text, faults = await asyncio.gather(
-                self._get_text(base + "/metrics"), self._faults(base)
+                self._get_text(metrics_url, metrics_headers), self._faults(base)
             )
             sample = parse_metrics(text)
         except SourceUnavailable as exc:
@@ -434,9 +435,25 @@ class Collector:
         except msgspec.DecodeError as exc:
             raise SourceUnavailable(f"{url} answered something that is not JSON: {exc}") from exc
 
-    async def _get_text(self, url: str) -> str:
+    def _metrics_source(
+        self, address: str, base: str, meta: Any
+    ) -> tuple[str, Mapping[str, str] | None]:
+        """Where an instance serves Prometheus text: ``/metrics`` on its own port, unless
+        its registration's Meta names a ``metrics_port`` (a gateway keeps metrics on its
+        admin listener). The chaos token is sent only to an instance whose Meta asks for
+        it (``metrics_auth: bearer``), never to every registered address."""
+        meta = meta if isinstance(meta, Mapping) else {}
+        port = str(meta.get("metrics_port") or "")
+        url = f"http://{address}:{port}/metrics" if port.isdigit() else base + "/metrics"
+        if meta.get("metrics_auth") == "bearer" and self.chaos_token is not None:
+            return url, {"Authorization": f"Bearer {self.chaos_token}"}
+        return url, None
+
+    async def _get_text(self, url: str, headers: Mapping[str, str] | None = None) -> str:
         try:
-            async with self._client().get(url, timeout=self._timeout()) as response:
+            async with self._client().get(
+                url, headers=headers, timeout=self._timeout()
+            ) as response:
                 text = await response.text()
                 status = response.status
         except _ERRORS as exc:

@@ -16,6 +16,17 @@ wrapper reloads and runs the command again::
 In the same transaction as the events, ``save`` stores a snapshot every ``snapshot_every``
 events and adds the events to the messaging ``outbox``, so they reach the bus exactly when
 they are committed. Concurrent saves share transactions (group commit, see the store).
+
+Inside a transaction that is already open — typically an event-bus handler ``(event, tx)``
+whose bus uses the event store's database — pass ``tx=``: the load reads in ``tx`` and the
+save appends in it, so the inbox row, the new events, the snapshot and the outbox rows
+commit (or roll back) together::
+
+    @bus.subscribe(PaymentCharged, group="orders")
+    async def confirm(event: PaymentCharged, tx: Transaction) -> None:
+        order = await orders.load(event.order_id, tx=tx)
+        order.confirm()
+        await orders.save(order, tx=tx)
 """
 
 from __future__ import annotations
@@ -29,7 +40,15 @@ import msgspec
 from shipyard.core import validation
 from shipyard.eventsourcing.aggregate import Aggregate
 from shipyard.eventsourcing.errors import AggregateNotFoundError, UnregisteredEventError
-from shipyard.eventsourcing.store import Commit, EventStore, NewEvent, Snapshot, StoredEvent
+from shipyard.eventsourcing.store import (
+    EVENTS,
+    SNAPSHOTS,
+    Commit,
+    EventStore,
+    NewEvent,
+    Snapshot,
+    StoredEvent,
+)
 from shipyard.messaging import Event, EventRegistry, Outbox, UnknownEventError
 from shipyard.storage import Transaction
 
@@ -123,22 +142,28 @@ class Repository(Generic[A]):
         self._outbox = outbox
         self._kind = f"{aggregate_type.__qualname__}:{aggregate_type.snapshot_schema}"
 
-    async def load(self, id: str) -> A:
+    async def load(self, id: str, *, tx: Transaction | None = None) -> A:
         """The aggregate rebuilt from its latest snapshot and the events after it.
 
+        With ``tx`` it is read inside that open transaction (see the module docs).
         Raises :class:`AggregateNotFoundError` when the stream has no events.
         """
         stream_id = self._type.stream_id_for(id)
         aggregate = self._type(id)
-        if self._every is None:  # no snapshots in use: one query fewer per load
-            snapshot, events = None, await self._store.read_stream(stream_id)
-        else:
+        snapshots = self._every is not None  # without: one query fewer per load
+        if tx is not None:
+            snapshot, events = await _load_in(tx, stream_id, snapshots)
+        elif snapshots:
             snapshot, events = await self._store.load(stream_id)
+        else:
+            snapshot, events = None, await self._store.read_stream(stream_id)
         if snapshot is not None:
             if snapshot.kind == self._kind:
                 aggregate.restore_state(_STATE_DECODER.decode(snapshot.state))
                 aggregate.version = snapshot.version
-            else:  # written by another class or schema: replay everything instead
+            elif tx is not None:  # written by another class or schema: replay everything
+                events = (await _load_in(tx, stream_id, False))[1]
+            else:
                 events = await self._store.read_stream(stream_id)
         elif not events:
             raise AggregateNotFoundError(stream_id)
@@ -167,18 +192,20 @@ class Repository(Generic[A]):
             result[aggregate.id] = aggregate
         return result
 
-    async def get(self, id: str) -> A | None:
+    async def get(self, id: str, *, tx: Transaction | None = None) -> A | None:
         """Like :meth:`load`, but ``None`` when the aggregate does not exist."""
         try:
-            return await self.load(id)
+            return await self.load(id, tx=tx)
         except AggregateNotFoundError:
             return None
 
-    async def save(self, aggregate: A) -> int:
+    async def save(self, aggregate: A, *, tx: Transaction | None = None) -> int:
         """Append the pending events (expected version = the loaded one); returns the version.
 
         Raises :class:`ConcurrencyError` (nothing written, events stay pending) when the
-        stream moved on since the aggregate was loaded.
+        stream moved on since the aggregate was loaded. With ``tx`` the events, snapshot
+        and outbox rows are written in that open transaction and commit with it (no group
+        commit); its owner commits or rolls back.
         """
         pending = aggregate._pending
         if not pending:
@@ -190,7 +217,13 @@ class Repository(Generic[A]):
             message = encode(event)
             new_events.append(NewEvent(message.event_id, message.name, message.body))
         extra = self._extra(aggregate, expected, list(pending))
-        version = await self._store.commit(Commit(aggregate.stream_id, new_events, expected, extra))
+        if tx is None:
+            commit = Commit(aggregate.stream_id, new_events, expected, extra)
+            version = await self._store.commit(commit)
+        else:
+            version = await self._store.append_in(tx, aggregate.stream_id, new_events, expected)
+            if extra is not None:
+                await extra(tx)
         aggregate._take_pending()
         return version
 
@@ -213,3 +246,31 @@ class Repository(Generic[A]):
                 await outbox.add(tx, *events)
 
         return extra
+
+
+_EVENT_COLUMNS = "position, stream_id, version, event_id, name, body"
+
+
+async def _load_in(
+    tx: Transaction, stream_id: str, with_snapshot: bool
+) -> tuple[Snapshot | None, list[StoredEvent]]:
+    """The stream's snapshot (when asked) and the events after it, read in ``tx``.
+
+    The same reads as the store's ``load`` / ``read_stream``, which open their own
+    transaction; the port has no variant taking the caller's one yet.
+    """
+    snapshot = None
+    if with_snapshot:
+        row = await tx.fetchone(
+            f"SELECT stream_id, version, kind, state FROM {SNAPSHOTS} WHERE stream_id = ?",
+            stream_id,
+        )
+        if row is not None:
+            snapshot = Snapshot(row[0], row[1], row[2], bytes(row[3]))
+    rows = await tx.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM {EVENTS} WHERE stream_id = ? AND version > ?"
+        " ORDER BY version",
+        stream_id,
+        0 if snapshot is None else snapshot.version,
+    )
+    return snapshot, [StoredEvent(*row) for row in rows]

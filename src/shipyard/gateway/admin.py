@@ -7,6 +7,7 @@
     GET  /strangler                      strangler routes: weight and traffic split
     PUT  /strangler/{frontend}/{route}   body {"weight": 25}: move traffic at run time
     POST /reload                         re-read the config file (400 and the error if bad)
+    GET  /health                         liveness, without the token
     GET  /metrics                        Prometheus text format
 
 Served by the same HTTP server as the frontends; the token check is a filter on its one
@@ -75,10 +76,20 @@ class AdminApi:
         self._encode = msgspec.json.Encoder().encode
 
     def frontend(self) -> Frontend:
-        """The admin frontend: one catch-all route behind the bearer-token filter."""
+        """The admin frontend: ``GET /health`` open (for registry checks and supervisors,
+        it reveals nothing), every other path behind the bearer-token filter."""
+        health = RouteConfig(name="health", kind="exact", pattern="/health", service="")
         route = RouteConfig(name="admin", kind="prefix", pattern="/", service="")
         chain = Chain([BearerToken(self._token)], self.handle)
-        return Frontend("admin", "", Router([(route, ("admin", chain))]))
+        return Frontend(
+            "admin",
+            "",
+            Router([(health, ("health", Chain([], self.health))), (route, ("admin", chain))]),
+        )
+
+    async def health(self, ex: Exchange) -> Reply:
+        """``GET /health``: the gateway process is up and serving."""
+        return self._json({"status": "pass"})
 
     def _json(self, value: Any, status: int = 200) -> Reply:
         return Reply(status, [_JSON], self._encode(value))

@@ -6,6 +6,10 @@ app = Starlette(routes=..., middleware=[
     Middleware(IdempotencyMiddleware, store=store, principal=header_principal("X-User-Id")),
 ])
 
+When the database opens later, in the app's lifespan, pass an opener instead:
+``store=lambda: SqlIdempotencyStore(db)`` (or an async function) is called once the app
+has started.
+
 Stores: :class:`MemoryIdempotencyStore` (one process, tests), :class:`SqlIdempotencyStore`
 (the service's SQLite or PostgreSQL database), :class:`RedisIdempotencyStore` (shared).
 """
@@ -23,6 +27,7 @@ from shipyard.idempotency.middleware import (
     ConcurrentMode,
     IdempotencyMiddleware,
     Principal,
+    StoreOpener,
     anonymous,
     header_principal,
 )
@@ -55,6 +60,7 @@ __all__ = [
     "IdempotencyMiddleware",
     "ConcurrentMode",
     "Principal",
+    "StoreOpener",
     "anonymous",
     "header_principal",
     "DEFAULT_EXCLUDED_HEADERS",

@@ -17,6 +17,13 @@ leaves a choice:
   seconds; then a retry runs the app again. Choose ``lease`` longer than the app's own
   request timeout, or a slow first request can be overtaken by a retry.
 
+The store usually lives in a database the app's lifespan opens, after the middleware was
+built. Then pass ``store=`` an opener instead — a function returning the store (or an
+awaitable of it), e.g. ``store=lambda: SqlIdempotencyStore(runtime.db)``: it is called
+once, when the app reports ``lifespan.startup.complete`` (a failure turns that into
+``lifespan.startup.failed``), or at the first request it covers when the app is served
+without a lifespan.
+
 Stored responses keep every header the app set except hop-by-hop ones and ``Set-Cookie``
 (a replay must not hand out a session minted for the first attempt); pass
 ``excluded_headers`` to change that. The request body is buffered (``max_request_bytes``,
@@ -28,10 +35,11 @@ response the store would contradict.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import math
-from collections.abc import Callable, Iterable
-from typing import Literal
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Literal, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -50,6 +58,8 @@ _log = get_logger("shipyard.idempotency")
 Principal = Callable[[Scope], str | None]
 """Who sent the request, read from the ASGI scope; ``None`` counts as ``"anonymous"``."""
 ConcurrentMode = Literal["reject", "wait"]
+StoreOpener = Callable[[], IdempotencyStore | Awaitable[IdempotencyStore]]
+"""Returns the store (or an awaitable of it) once the app has started; see the module docs."""
 
 MiB = 1024 * 1024
 HOP_BY_HOP_HEADERS = frozenset(
@@ -112,7 +122,7 @@ class IdempotencyMiddleware:
         self,
         app: ASGIApp,
         *,
-        store: IdempotencyStore,
+        store: IdempotencyStore | StoreOpener,
         methods: Iterable[str] = ("POST", "PATCH"),
         principal: Principal = anonymous,
         lease: float = 30.0,
@@ -137,9 +147,22 @@ class IdempotencyMiddleware:
         at once when the first finishes in this process) for up to ``lease`` seconds.
         ``required_paths``: path prefixes where the header is mandatory for ``methods``.
         ``fingerprint_headers``: request headers that must also match on a repeat.
+        ``store``: the store, or a :data:`StoreOpener` called once the app has started.
         """
         self._app = app
-        self._store = store
+        # A store has acquire(); anything else callable is an opener, bound at start-up.
+        self._opener: StoreOpener | None = None
+        # None until an opener is bound; every path that uses the store binds it first.
+        self._store = cast(IdempotencyStore, None)
+        if hasattr(store, "acquire"):
+            self._store = cast(IdempotencyStore, store)
+        elif callable(store):
+            self._opener = store
+        else:
+            raise ConfigError(
+                "store", store, "must be an IdempotencyStore or a function returning one"
+            )
+        self._binding = asyncio.Lock()
         self._methods = frozenset(_method(m) for m in methods)
         if not self._methods:
             raise ConfigError("methods", methods, "must name at least one HTTP method")
@@ -163,11 +186,33 @@ class IdempotencyMiddleware:
         # of at their next poll; polling remains for requests finished by other processes.
         self._wakeups: dict[str, asyncio.Event] = {}
 
+    @property
+    def store(self) -> IdempotencyStore | None:
+        """The store (``None`` while an opener has not been called yet)."""
+        return self._store
+
+    async def bind(self) -> IdempotencyStore:
+        """Call the opener now (once; later calls return the same store)."""
+        async with self._binding:
+            if self._store is None:
+                assert self._opener is not None
+                opened = self._opener()
+                store = await opened if inspect.isawaitable(opened) else opened
+                if not hasattr(store, "acquire"):
+                    raise ConfigError("store", store, "the opener must return an IdempotencyStore")
+                self._store = store
+        return self._store
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
         if scope["type"] != "http" or scope["method"] not in self._methods:
+            if self._store is None and scope["type"] == "lifespan":
+                await self._app(scope, receive, self._binding_on_startup(send))
+                return
             await self._app(scope, receive, send)
             return
+        if self._store is None:
+            await self.bind()  # served without a lifespan: bind at the first covered request
         raw_keys = [value for name, value in scope["headers"] if name == _KEY_HEADER]
         if not raw_keys:
             if self._is_required(scope["path"]):
@@ -218,6 +263,20 @@ class IdempotencyMiddleware:
         else:
             assert held.response is not None  # _claim only returns completed records
             await _replay(send, held.response)
+
+    def _binding_on_startup(self, send: Send) -> Send:
+        async def forward(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete" and self._store is None:
+                try:
+                    await self.bind()
+                except Exception as error:
+                    _log.error("idempotency store did not open", error=repr(error))
+                    reason = f"the idempotency store did not open: {error!r}"
+                    await send({"type": "lifespan.startup.failed", "message": reason})
+                    return
+            await send(message)
+
+        return forward
 
     def _is_required(self, path: str) -> bool:
         # "/orders" covers "/orders" and "/orders/42", not "/orders-archive".

@@ -6,7 +6,7 @@ Publish inside the business transaction with ``await outbox.add(tx, event)``; an
 consumer's own transaction, deduplicated by event id.
 """
 
-from shipyard.messaging.bus import EventBus, Handler
+from shipyard.messaging.bus import GROUP_NAME_RULE, EventBus, Handler, check_group_name
 from shipyard.messaging.deadletters import DeadLetter, DeadLetterStore
 from shipyard.messaging.errors import (
     DeadLetterNotFoundError,
@@ -53,6 +53,8 @@ __all__ = [
     # consuming
     "EventBus",
     "Handler",
+    "check_group_name",
+    "GROUP_NAME_RULE",
     "DeadLetter",
     "DeadLetterStore",
     "install_schema",

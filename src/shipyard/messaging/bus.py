@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from shipyard.core import SYSTEM_CLOCK, Clock, cancel_and_wait, get_logger, validation
+from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError, cancel_and_wait, get_logger, validation
 from shipyard.messaging.deadletters import record_dead_letter
 from shipyard.messaging.errors import MessagingError
 from shipyard.messaging.events import Event, EventRegistry, WireMessage
@@ -40,6 +41,21 @@ H = TypeVar("H", bound=Handler)
 
 _log = get_logger("shipyard.messaging.bus")
 _MAX_ERROR_CHARS = 4000
+
+# The strictest transport decides: a NATS JetStream durable consumer name must not contain
+# ".", "*", ">", whitespace or path separators, and a name that works on SQLite but not on
+# NATS would only fail once a service moves to NATS (in a background loop, retried
+# forever). So every transport gets the portable subset.
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+GROUP_NAME_RULE = "1 to 128 characters: letters, digits, '-' and '_' (e.g. 'orders-user-cache')"
+"""The consumer-group names every transport accepts."""
+
+
+def check_group_name(group: str) -> str:
+    """``group`` if it is a portable consumer-group name, else :class:`ConfigError` naming it."""
+    if not isinstance(group, str) or _GROUP_NAME.fullmatch(group) is None:
+        raise ConfigError("group", group, f"must be {GROUP_NAME_RULE}")
+    return group
 
 
 @dataclass
@@ -139,6 +155,7 @@ class EventBus:
         start_from: StartFrom | None = None,
     ) -> H | Callable[[H], H]:
         """Handle ``event`` (a type or name) in consumer ``group``; usable as a decorator."""
+        check_group_name(group)  # fail now, not in the consumer loop on some transports
         name = event if isinstance(event, str) else event.event_name
         self.registry.type_of(name)  # fail now, not on the first delivery
         if start_from is not None:

@@ -9,7 +9,7 @@ keeps its own ``user_cache`` instead, declared once and fed by the owner's event
                       values={"email": "email", "name": "name"})
     replica.upsert_on(UserUpdated, key="user_id", version="version", values={"email": "email"})
     replica.delete_on(UserDeleted, key="user_id", version="version")
-    replica.subscribe(bus, group="orders.user-cache")
+    replica.subscribe(bus, group="orders-user-cache")
 
 Every write is conditional on the row's version (``... WHERE cache.version <
 excluded.version``), so duplicates and out-of-order (stale) events change nothing, and a

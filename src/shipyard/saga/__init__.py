@@ -35,7 +35,7 @@ from shipyard.saga.locks import SemanticLock
 from shipyard.saga.orchestrator import CommitHook, Orchestrator, SagaEvent
 from shipyard.saga.postgres import PostgresSagaLog
 from shipyard.saga.query import saga_api, saga_view, show_saga, timeline_view
-from shipyard.saga.record import SagaRecord, SagaState, Transition, TransitionKind
+from shipyard.saga.record import SagaRecord, SagaState, StepFailure, Transition, TransitionKind
 from shipyard.saga.reply import StepReply, reply_to, saga_headers
 from shipyard.saga.sqlite import SqliteSagaLog
 from shipyard.saga.store import SagaLog, SqlSagaLog, saga_log_for
@@ -46,6 +46,7 @@ __all__ = [
     "SagaDefinition",
     "Step",
     "StepContext",
+    "StepFailure",
     "StepShape",
     "Action",
     "CommandBuilder",

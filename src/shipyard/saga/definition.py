@@ -21,6 +21,7 @@ from shipyard.core import validation
 from shipyard.messaging import Event
 from shipyard.resilience import Retry
 from shipyard.saga.errors import SagaDefinitionError
+from shipyard.saga.record import StepFailure
 
 D = TypeVar("D", bound=msgspec.Struct)
 
@@ -33,6 +34,10 @@ class StepContext(Generic[D]):
 
     ``idempotency_key`` (saga id + step, plus ``:compensate`` for compensations) is what
     participants deduplicate on: after a crash the same action may be sent again.
+
+    ``failure`` says why: in a compensation, the step failure that made the saga
+    compensate; in a retried step (``attempt > 1``), the previous attempt's failure;
+    otherwise ``None``.
     """
 
     saga_id: str
@@ -41,6 +46,7 @@ class StepContext(Generic[D]):
     attempt: int
     data: D
     compensating: bool = False
+    failure: StepFailure | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -54,7 +54,7 @@ from shipyard.saga.errors import (
     SagaVersionMismatchError,
     UnknownSagaError,
 )
-from shipyard.saga.record import SagaRecord, SagaState, Transition, TransitionKind
+from shipyard.saga.record import SagaRecord, SagaState, StepFailure, Transition, TransitionKind
 from shipyard.saga.reply import SAGA_ATTEMPT, SAGA_COMPENSATION, SAGA_ID, SAGA_STEP, StepReply
 from shipyard.saga.store import SagaLog, saga_log_for
 from shipyard.saga.writes import PendingWrite, saga_writer
@@ -361,7 +361,8 @@ class Orchestrator:
             else:
                 self._completed_step(definition, record, data, pending, commands)
         else:
-            error = reply.error or "participant replied with a failure"
+            # Stored as "<type>: <message>" like a raised error, so StepFailure can split it.
+            error = f"StepRejected: {reply.error or 'participant replied with a failure'}"
             self._failed_attempt(definition, record, step, error, pending, commands, data)
         await self._save_outcome(tx, definition, record, data, pending, commands)
 
@@ -584,6 +585,7 @@ class Orchestrator:
                 attempt=record.attempt,
                 data=data,
                 compensating=compensating,
+                failure=_failure(record, step.name, compensating),
             )
             fn = step.compensation if compensating else step.action
             assert fn is not None
@@ -781,7 +783,13 @@ class Orchestrator:
         if build is None:
             return
         ctx = StepContext(
-            record.saga_id, definition.name, step.name, record.attempt, data, compensating
+            record.saga_id,
+            definition.name,
+            step.name,
+            record.attempt,
+            data,
+            compensating,
+            _failure(record, step.name, compensating),
         )
         command = build(ctx)
         command.headers[SAGA_ID] = record.saga_id
@@ -826,6 +834,17 @@ class Orchestrator:
             self._on_commit(record, pending)
         if record.deadline is not None or record.saga_id in self._timers:
             self._arm(record)  # arms the new deadline; an answered one's timer is dropped
+
+
+def _failure(record: SagaRecord, step: str, compensating: bool) -> StepFailure | None:
+    """What a step's context reports as the failure (see ``StepContext.failure``)."""
+    if record.error is None:
+        return None
+    if compensating:
+        return StepFailure.parse(record.failed_step or step, record.error)
+    if record.attempt > 1:  # the previous attempt's error, kept until the step completes
+        return StepFailure.parse(step, record.error)
+    return None
 
 
 def _may_retry(retry: Retry | None, attempt: int, error: BaseException | None) -> bool:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from shipyard.saga.errors import SagaNotFound
-from shipyard.saga.record import SagaRecord, SagaState, Transition
+from shipyard.saga.record import SagaRecord, SagaState, StepFailure, Transition
 from shipyard.saga.store import SagaLog
 
 if TYPE_CHECKING:
@@ -36,10 +36,19 @@ def saga_view(record: SagaRecord) -> dict[str, Any]:
         "awaiting_reply": record.awaiting,
         "failed_step": record.failed_step,
         "error": record.error,
+        "failure": _failure_view(record),
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "data": data,
     }
+
+
+def _failure_view(record: SagaRecord) -> dict[str, str] | None:
+    # Only a step that failed for good (the one the saga compensates for) is a failure.
+    if record.failed_step is None or record.error is None:
+        return None
+    failure = StepFailure.parse(record.failed_step, record.error)
+    return {"step": failure.step, "error_type": failure.error_type, "message": failure.message}
 
 
 def timeline_view(timeline: list[Transition]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 
@@ -83,3 +84,31 @@ class Transition:
     attempt: int
     error: str | None
     at: float
+
+
+# How the orchestrator writes an error into the log: "<type name>: <message>".
+_ERROR_TEXT = re.compile(r"([A-Za-z_][\w.]*): (.*)", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailure:
+    """Why a step failed: the ``step``, the error's type name and its message.
+
+    ``error_type`` is the exception's class name (``"OutOfStockError"``), ``"StepRejected"``
+    when a participant replied with a failure, or ``""`` when the log does not say.
+    """
+
+    step: str
+    error_type: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}" if self.error_type else self.message
+
+    @classmethod
+    def parse(cls, step: str, text: str) -> StepFailure:
+        """The failure of ``step`` from the error text stored in the saga log."""
+        match = _ERROR_TEXT.fullmatch(text)
+        if match is None:
+            return cls(step, "", text)
+        return cls(step, match[1], match[2])

@@ -68,7 +68,11 @@ class Service:
       ``registration_ttl / 3`` seconds.
     * ``health``: ``Probes`` or a mapping of readiness checks (``{"db": check}``).
     * ``idempotency``: an ASGI middleware factory (``lambda app: IdempotencyMiddleware(app,
-      store=...)``) or an ``IdempotencyStore`` (wrapped with the default middleware).
+      store=...)``), an ``IdempotencyStore``, or a store opener taking no arguments
+      (``lambda: SqlIdempotencyStore(db)``, sync or async) — the latter two wrapped with
+      the default middleware. An opener (also accepted as the middleware's ``store=``) is
+      called once the app's lifespan has started, so the store may live in a database the
+      lifespan opens; if it fails, start-up fails.
     * ``chaos``/``chaos_token``: a ``Chaos`` to inject faults from; a token enables
       ``/admin/chaos`` (and creates the ``Chaos`` when none is given).
     * ``metrics``: ``True`` (a fresh registry), ``False`` or a ``ServiceMetrics``;
@@ -412,11 +416,24 @@ def _metrics(metrics: ServiceMetrics | bool) -> ServiceMetrics | None:
 
 
 def _idempotency_factory(idempotency: Middleware | object, clock: Clock) -> Middleware:
-    if callable(idempotency):
-        return idempotency
-    # Not callable: an IdempotencyStore; imported here so services without idempotency
+    if callable(idempotency) and not _takes_no_arguments(idempotency):
+        return idempotency  # a middleware factory: app -> app
+    # An IdempotencyStore or a store opener; imported here so services without idempotency
     # keys do not load the package.
     from shipyard.idempotency import IdempotencyMiddleware
 
     store: Any = idempotency
     return lambda app: IdempotencyMiddleware(app, store=store, clock=clock)
+
+
+def _takes_no_arguments(fn: Callable[..., object]) -> bool:
+    """True for a store opener (``lambda: store``), False for a middleware factory."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature: not an opener
+        return False
+    try:
+        signature.bind()
+    except TypeError:
+        return False
+    return True
