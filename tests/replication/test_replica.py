@@ -67,9 +67,9 @@ def user_replica(db: Database, clock: ManualClock) -> Replica:
 async def deliver(bus: EventBus, transport: MemoryTransport, *events: Event) -> None:
     """Publish as the users service would, then let the orders consumer handle the batch."""
     await bus.publish(*events)
-    subscription = await transport.subscribe("orders.user-cache")
+    subscription = await transport.subscribe("orders-user-cache")
     deliveries = await subscription.fetch(100, 0.01)
-    await bus.handle_batch("orders.user-cache", deliveries)
+    await bus.handle_batch("orders-user-cache", deliveries)
     await subscription.ack(deliveries)
 
 
@@ -86,7 +86,7 @@ async def test_user_events_fill_the_cache_and_orders_join_it_locally(orders_db: 
     await replica.install()
     transport = MemoryTransport()
     bus = EventBus(transport, orders_db, registry(), clock=clock)
-    replica.subscribe(bus, group="orders.user-cache")
+    replica.subscribe(bus, group="orders-user-cache")
     await install_schema(orders_db)
 
     await deliver(
