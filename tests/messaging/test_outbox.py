@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,6 +134,39 @@ async def test_rows_accumulate_while_the_transport_is_down_and_drain_on_return(
     # Backoff grows (equal jitter: each delay lies in [ceiling/2, ceiling]) and is capped.
     assert clock.slept[0] <= 0.1 < clock.slept[4]
     assert max(clock.slept) <= 8
+
+
+class NotUpYet:
+    """A database whose first ``failures`` transactions fail, as while it starts."""
+
+    def __init__(self, db: Database, failures: int) -> None:
+        self._db = db
+        self.failures = failures
+
+    def transaction(self, **options: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("database is starting up")
+        return self._db.transaction(**options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+async def test_relay_retries_installing_its_schema_instead_of_ending(db: Database) -> None:
+    clock = ManualClock()
+    outbox = Outbox(make_registry())
+    transport = MemoryTransport()
+    event = OrderCreated(order_id="o-1")
+    async with db.transaction() as tx:
+        await outbox.add(tx, event)
+    flaky = NotUpYet(db, failures=2)
+    async with OutboxRelay(flaky, transport, outbox=outbox, clock=clock) as relay:  # type: ignore[arg-type]
+        await eventually(lambda: relay.published == 1)
+    assert flaky.failures == 0
+    assert relay.failures == 0
+    assert len(clock.slept) >= 2
+    assert await published(transport) == [event.id]
 
 
 async def test_relay_settings_are_validated_at_construction(db: Database) -> None:

@@ -20,6 +20,9 @@ from shipyard.resilience.backoff import Backoff
 from shipyard.storage import Database, Transaction
 
 _log = get_logger("shipyard.messaging.outbox")
+_INSERT = (
+    f"INSERT INTO {OUTBOX} (event_id, name, ordering_key, body, created_at) VALUES (?, ?, ?, ?, ?)"
+)
 
 
 class Outbox:
@@ -34,21 +37,22 @@ class Outbox:
         """Validate and store ``events`` in ``tx``; relays wake once ``tx`` commits.
 
         Raises :class:`~shipyard.messaging.EventValidationError` (naming the field) before
-        anything is written when an event does not match its type.
+        anything is written when an event does not match its type. On SQLite the row is
+        written with ``tx``'s next statement or its commit (one round trip fewer), so a
+        database error storing it (a duplicate event id) is raised there.
         """
         messages = [self.registry.encode(event) for event in events]
         now = self._clock.now()
-        sql = (
-            f"INSERT INTO {OUTBOX} (event_id, name, ordering_key, body, created_at)"
-            " VALUES (?, ?, ?, ?, ?)"
-        )
-        if len(messages) == 1:
-            m = messages[0]
-            await tx.execute(sql, m.event_id, m.name, m.ordering_key, m.body, now)
+        rows = [(m.event_id, m.name, m.ordering_key, m.body, now) for m in messages]
+        # Nobody reads the INSERT's result, so where the transaction can defer it (SQLite)
+        # it rides with the next statement or the COMMIT instead of costing a round trip.
+        defer_many = getattr(tx, "defer_many", None)
+        if defer_many is not None:
+            defer_many(_INSERT, rows)
+        elif len(rows) == 1:
+            await tx.execute(_INSERT, *rows[0])
         else:
-            await tx.executemany(
-                sql, [(m.event_id, m.name, m.ordering_key, m.body, now) for m in messages]
-            )
+            await tx.executemany(_INSERT, rows)
         if self._wakers:
             tx.after_commit(self._wake)
 
@@ -97,7 +101,8 @@ class OutboxRelay(BackgroundRunner):
 
     async def relay_once(self) -> int:
         """Publish one batch of unsent rows and mark them sent; returns how many."""
-        async with self._db.transaction() as tx:
+        # Read-only: on SQLite it reads beside the writer, so producers do not queue behind it.
+        async with self._db.transaction(readonly=True) as tx:
             rows = await tx.fetch(
                 f"SELECT seq, name, event_id, ordering_key, body FROM {OUTBOX}"
                 " WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
@@ -110,12 +115,13 @@ class OutboxRelay(BackgroundRunner):
         )
         # A crash right here republishes these rows on restart: at-least-once, by design.
         placeholders = ",".join("?" * len(rows))
+        sql = f"UPDATE {OUTBOX} SET sent_at = ? WHERE seq IN ({placeholders})"
         async with self._db.transaction() as tx:
-            await tx.execute(
-                f"UPDATE {OUTBOX} SET sent_at = ? WHERE seq IN ({placeholders})",
-                self._clock.now(),
-                *[row[0] for row in rows],
-            )
+            defer = getattr(tx, "defer", None)
+            if defer is not None:
+                defer(sql, self._clock.now(), *[row[0] for row in rows])
+            else:
+                await tx.execute(sql, self._clock.now(), *[row[0] for row in rows])
         self.published += len(rows)
         return len(rows)
 
@@ -127,14 +133,21 @@ class OutboxRelay(BackgroundRunner):
         return total
 
     async def run(self) -> None:
-        """Relay forever (until cancelled): wake on commit, poll as a fallback, back off."""
-        await install_schema(self._db)
+        """Relay forever (until cancelled): wake on commit, poll as a fallback, back off.
+
+        Installing the schema is retried like a failed publish: a database that is not
+        reachable yet must not end the relay silently.
+        """
+        installed = False
         if self._outbox is not None:
             self._outbox._wakers.add(self._wake)
         try:
             while True:
                 self._wake.clear()
                 try:
+                    if not installed:
+                        await install_schema(self._db)
+                        installed = True
                     count = await self.relay_once()
                 except Exception as error:
                     self.failures += 1

@@ -82,7 +82,8 @@ class SqliteTransport:
         now = time.time()
         try:
             async with self._db.transaction() as tx:
-                await tx.executemany(
+                # Deferred: the rows travel with the COMMIT, one trip to the file's thread.
+                tx.defer_many(
                     "INSERT INTO shipyard_bus_log (name, event_id, ordering_key, body,"
                     " published_at) VALUES (?, ?, ?, ?, ?)",
                     [(m.name, m.event_id, m.ordering_key, m.body, now) for m in messages],
@@ -137,7 +138,8 @@ class SqliteSubscription:
         transport._waiters.add(self._wake)
 
     async def _read(self, max_messages: int) -> list[Delivery]:
-        async with self._transport._db.transaction() as tx:
+        # A read-only snapshot beside the writer: fetching never waits for publishers.
+        async with self._transport._db.transaction(readonly=True) as tx:
             rows = await tx.fetch(
                 "SELECT seq, name, event_id, ordering_key, body FROM shipyard_bus_log"
                 " WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -175,7 +177,7 @@ class SqliteSubscription:
             return
         try:
             async with self._transport._db.transaction() as tx:
-                await tx.execute(
+                tx.defer(
                     "UPDATE shipyard_bus_groups SET position = ?"
                     " WHERE group_name = ? AND position < ?",
                     deliveries[-1].position,

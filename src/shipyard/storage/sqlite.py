@@ -15,14 +15,20 @@ every pool still share the one writer: a slow write holds up other writes whatev
 its pool. ``:memory:`` databases are private to a connection, so there every
 transaction uses the writer.
 
-A round trip to the worker thread costs far more than a small SQLite statement, so the
-``BEGIN`` travels with the transaction's first statement, and the thread hand-off is a
-bare queue plus ``call_soon_threadsafe`` rather than a general executor.
+A round trip to the worker thread costs far more than a small SQLite statement, so trips
+are saved wherever no caller waits for an answer: the ``BEGIN`` travels with the
+transaction's first statement; :meth:`SqliteTransaction.defer` queues writes whose result
+nobody needs and sends them with the next awaited statement or with the ``COMMIT`` (a
+transaction made only of deferred writes is ONE trip); and a read-only transaction's
+``COMMIT`` is posted without waiting (the worker runs jobs in order, so the connection's
+next user queues behind it). The thread hand-off is a bare queue plus
+``call_soon_threadsafe`` rather than a general executor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -45,11 +51,18 @@ OnConnect = Callable[[sqlite3.Connection], None]
 # Transactions without a pool share this many connections' worth of concurrency.
 DEFAULT_POOL_SIZE = 10
 
-_Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Job = tuple[
+    Callable[..., Any],
+    tuple[Any, ...],
+    asyncio.AbstractEventLoop | None,
+    "asyncio.Future[Any] | None",
+]
+# A deferred write: (sql, params) for execute, (sql, rows) with many=True for executemany.
+_Deferred = tuple[str, Any, bool]
 
 
-def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the awaiting task was cancelled meanwhile
+def _resolve(future: asyncio.Future[Any] | None, ok: bool, value: Any) -> None:
+    if future is None or future.done():  # the awaiting task was cancelled meanwhile
         return
     if ok:
         future.set_result(value)
@@ -63,9 +76,12 @@ def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
         try:
             result = fn(*args)
         except BaseException as error:
-            loop.call_soon_threadsafe(_resolve, future, False, error)
+            if loop is not None:
+                loop.call_soon_threadsafe(_resolve, future, False, error)
         else:
-            loop.call_soon_threadsafe(_resolve, future, True, result)
+            # Posted jobs (no future) need no answer, so they cost the loop no wake-up.
+            if loop is not None:
+                loop.call_soon_threadsafe(_resolve, future, True, result)
 
 
 class _Worker:
@@ -81,12 +97,21 @@ class _Worker:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` on the worker thread."""
+        return await self.submit(fn, *args)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue ``fn(conn, *args)`` now; the future gets its result."""
         if self._jobs is None:
             raise DatabaseClosedError(self._url)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((fn, (self.conn, *args), loop, future))
-        return await future
+        return future
+
+    def post(self, fn: Callable[..., object], *args: Any) -> None:
+        """``fn(conn, *args)`` on the worker thread, without waiting (``fn`` must not raise)."""
+        if self._jobs is not None:
+            self._jobs.put((fn, (self.conn, *args), None, None))
 
     async def stop(self) -> None:
         """Close the connection and end the thread."""
@@ -98,33 +123,126 @@ class _Worker:
         jobs.put(None)
 
 
-def _begin_then(
-    conn: sqlite3.Connection, begin: str, fn: Callable[..., T], sql: str, params: Any
-) -> T:
-    conn.execute(begin)
-    return fn(conn, sql, params)
-
-
 class SqliteTransaction:
     """A transaction on a :class:`SqliteDatabase` (see :class:`~shipyard.storage.Transaction`)."""
 
-    __slots__ = ("_begin", "_begun", "_callbacks", "_worker")
+    __slots__ = (
+        "_begin",
+        "_begun",
+        "_callbacks",
+        "_failed",
+        "_lock",
+        "_locked",
+        "_queued",
+        "_worker",
+    )
 
-    def __init__(self, worker: _Worker, begin: str = "BEGIN IMMEDIATE") -> None:
+    def __init__(
+        self, worker: _Worker, begin: str = "BEGIN IMMEDIATE", lock: asyncio.Lock | None = None
+    ) -> None:
         self._worker = worker
         self._begin = begin
+        # The writer's lock is taken at the first statement sent, not at ``transaction()``,
+        # and handed on as soon as the COMMIT is queued (see ``_finish``).
+        self._lock = lock
+        self._locked = False
         self._begun = False
         self._callbacks: list[Callable[[], None]] = []
+        self._queued: list[_Deferred] = []
+        # The first deferred write that failed: the transaction can then only roll back.
+        self._failed: BaseException | None = None
+
+    def _prologue(self) -> tuple[str | None, list[_Deferred]]:
+        """What must run before the next statement: BEGIN (once) and the deferred writes."""
+        begin = None if self._begun else self._begin
+        queued, self._queued = self._queued, []
+        # Even on failure or cancellation the BEGIN may have run: end it at exit.
+        self._begun = True
+        return begin, queued
+
+    async def _take_lock(self) -> None:
+        if self._lock is not None and not self._locked:
+            await self._lock.acquire()
+            self._locked = True
+
+    def _unlock(self) -> None:
+        if self._locked:
+            self._locked = False
+            assert self._lock is not None
+            self._lock.release()
+
+    async def _finish(self, fn: Callable[..., None], *args: Any) -> None:
+        """Queue the COMMIT or ROLLBACK, hand the lock on, then wait for the outcome.
+
+        The worker runs jobs in order, so the next transaction's statements queue behind
+        this end and see its outcome; meanwhile the worker never idles waiting for the
+        loop to hand the lock over.
+        """
+        await self._take_lock()
+        try:
+            future = self._worker.submit(fn, *args)
+        finally:
+            self._unlock()
+        await future
 
     async def _run(self, fn: Callable[..., T], sql: str, params: Any) -> T:
-        if self._begun:
+        await self._take_lock()
+        begin, queued = self._prologue()
+        if begin is None and not queued:
             return await self._worker.call(fn, sql, params)
-        # BEGIN rides along with the first statement: one thread round trip, not two.
+        # BEGIN and deferred writes ride along with this statement: one round trip.
+        return await self._worker.call(self._then, begin, queued, fn, sql, params)
+
+    def _then(
+        self,
+        conn: sqlite3.Connection,
+        begin: str | None,
+        queued: list[_Deferred],
+        fn: Callable[..., T],
+        sql: str,
+        params: Any,
+    ) -> T:
+        self._flush(conn, begin, queued)
+        return fn(conn, sql, params)
+
+    def _flush(self, conn: sqlite3.Connection, begin: str | None, queued: list[_Deferred]) -> None:
+        # Runs on the worker thread; the loop reads ``_failed`` only after this job ends.
+        if begin is not None:
+            conn.execute(begin)
         try:
-            return await self._worker.call(_begin_then, self._begin, fn, sql, params)
-        finally:
-            # Even on failure or cancellation the BEGIN may have run: end it at exit.
-            self._begun = True
+            for sql, params, many in queued:
+                if many:
+                    conn.executemany(sql, params)
+                else:
+                    conn.execute(sql, params)
+        except BaseException as error:
+            if self._failed is None:
+                self._failed = error
+            raise
+
+    def _commit(self, conn: sqlite3.Connection, begin: str | None, queued: list[_Deferred]) -> None:
+        try:
+            self._flush(conn, begin, queued)
+            conn.execute("COMMIT")
+        except BaseException:
+            # Leave the connection clean for the next transaction whatever failed.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def defer(self, sql: str, *params: Any) -> None:
+        """Queue one statement whose result nobody needs (an ``INSERT``/``UPDATE``).
+
+        It runs, in order, with the next awaited statement or at commit, sparing a thread
+        round trip. If it fails, the error is raised from that awaited statement or from
+        the ``async with`` block's commit, and the whole transaction rolls back (commit
+        refuses even if the caller caught the error).
+        """
+        self._queued.append((sql, params, False))
+
+    def defer_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """:meth:`defer` for one statement run once per parameter row."""
+        self._queued.append((sql, list(rows), True))
 
     async def execute(self, sql: str, *params: Any) -> None:
         """Run one statement."""
@@ -275,7 +393,7 @@ class SqliteDatabase:
                     if reader.conn is not None:  # not closed meanwhile
                         self._idle[name].append(reader)
             else:
-                async with self._lock, _scope(SqliteTransaction(writer)) as tx:
+                async with _scope(SqliteTransaction(writer, lock=self._lock)) as tx:
                     yield tx
         for callback in tx._callbacks:
             callback()
@@ -296,15 +414,31 @@ class SqliteDatabase:
 async def _scope(tx: SqliteTransaction) -> AsyncIterator[SqliteTransaction]:
     """Commit when the block exits, roll back when it raises."""
     try:
-        yield tx
-    except BaseException:
-        if tx._begun:
-            # The worker runs jobs in order, so the rollback lands before any later
-            # BEGIN even if this task is cancelled again while awaiting it.
-            await tx._worker.call(_rollback_if_open)
-        raise
-    if tx._begun:
-        await tx._worker.call(_commit)
+        try:
+            yield tx
+        except BaseException:
+            tx._queued.clear()
+            if tx._begun:
+                # The worker runs jobs in order, so the rollback lands before any later
+                # BEGIN even if this task is cancelled again while awaiting it.
+                await tx._finish(_rollback_if_open)
+            raise
+        if tx._failed is not None:
+            # A deferred write failed and the caller carried on: nothing of it may commit.
+            await tx._finish(_rollback_if_open)
+            raise tx._failed
+        begin, queued = tx._prologue()
+        if queued:
+            # BEGIN, the deferred writes and COMMIT in one trip.
+            await tx._finish(tx._commit, begin, queued)
+        elif begin is None:
+            if tx._lock is None and tx._begin == "BEGIN":
+                # A read-only snapshot has nothing to lose at COMMIT: post it, do not wait.
+                tx._worker.post(_end_read)
+            else:
+                await tx._finish(tx._commit, None, queued)
+    finally:
+        tx._unlock()
 
 
 def _rollback_if_open(conn: sqlite3.Connection) -> None:
@@ -313,8 +447,14 @@ def _rollback_if_open(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _commit(conn: sqlite3.Connection) -> None:
-    conn.execute("COMMIT")
+def _end_read(conn: sqlite3.Connection) -> None:
+    # Posted, so nobody hears an error: leave the connection usable whatever happens.
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
 
 
 def _close(conn: sqlite3.Connection) -> None:
