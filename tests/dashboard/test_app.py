@@ -237,7 +237,7 @@ async def test_an_instance_that_refuses_the_token_is_reported_as_failed(
 
 
 async def test_kill_and_restart_go_through_the_process_control(registry: RegistryServer) -> None:
-    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    sleeper = [sys.executable, "-c", "import signal; signal.pause()"]  # runs until killed
     control = SubprocessControl({"worker-1": ProcessSpec("worker", sleeper)}, stop_timeout=5)
     await control.start()
     dashboard = Dashboard(

@@ -9,7 +9,7 @@ import pytest
 from shipyard.core import ConfigError
 from shipyard.dashboard import ProcessSpec, SubprocessControl, UnknownInstanceError
 
-SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+SLEEPER = [sys.executable, "-c", "import signal; signal.pause()"]  # runs until killed
 
 
 async def test_restarting_a_running_process_replaces_it_and_close_stops_all() -> None:
