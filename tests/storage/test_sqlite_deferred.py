@@ -157,3 +157,35 @@ async def test_a_block_that_raises_discards_its_deferred_writes(db: SqliteDataba
     with pytest.raises(RuntimeError):
         await change_mind()
     assert await _names(db) == []
+
+
+async def test_queued_one_trip_transactions_share_a_commit_and_keep_their_own_errors(
+    db: SqliteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shipyard.storage.sqlite as sqlite_module
+
+    group_sizes: list[int] = []
+    commit_group = sqlite_module._commit_group
+
+    def spying(group: list[Any]) -> None:
+        group_sizes.append(len(group))
+        commit_group(group)
+
+    monkeypatch.setattr(sqlite_module, "_commit_group", spying)
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO items VALUES (7, 'taken')")
+
+    async def insert(item_id: int) -> None:
+        async with db.transaction() as tx:
+            tx.defer("INSERT INTO items VALUES (?, ?)", item_id, f"item-{item_id}")
+
+    ids = [*range(100, 119), 7]  # 7 collides with the existing row
+    results = await asyncio.gather(*(insert(i) for i in ids), return_exceptions=True)
+
+    failures = [(i, r) for i, r in zip(ids, results, strict=True) if r is not None]
+    assert [i for i, _ in failures] == [7]
+    assert isinstance(failures[0][1], sqlite3.IntegrityError)
+    assert max(group_sizes, default=0) > 1, "queued transactions never shared a commit"
+    async with db.transaction(readonly=True) as tx:
+        rows = await tx.fetch("SELECT id FROM items WHERE id >= 100 ORDER BY id")
+    assert [r[0] for r in rows] == list(range(100, 119))

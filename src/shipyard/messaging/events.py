@@ -9,9 +9,9 @@ when the stored version is older than the registered one.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -25,8 +25,25 @@ Payload = dict[str, Any]
 Upcaster = Callable[[Payload], Payload]
 
 
+# Ids are uuid4 strings drawn from os.urandom, but 256 ids' worth of bytes at a time:
+# every urandom call releases the GIL, and under load (SQLite worker threads) taking it
+# back cost far more than the id itself. A forked child must never reuse its parent's
+# remaining bytes, so the stock is emptied after fork.
+_ID_STOCK = 256
+_id_bytes: list[bytes] = []
+os.register_at_fork(after_in_child=_id_bytes.clear)
+
+
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    try:
+        raw = _id_bytes.pop()
+    except IndexError:
+        blob = os.urandom(16 * _ID_STOCK)
+        _id_bytes[:] = [blob[i : i + 16] for i in range(0, len(blob), 16)]
+        raw = _id_bytes.pop()
+    h = raw.hex()
+    # Version 4 nibble and RFC 4122 variant bits, exactly as uuid.uuid4() sets them.
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 class Event(msgspec.Struct, kw_only=True):

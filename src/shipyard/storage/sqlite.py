@@ -70,18 +70,94 @@ def _resolve(future: asyncio.Future[Any] | None, ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
+# At most this many queued one-trip write transactions share one SQLite commit.
+_MAX_GROUP = 64
+
+
+def _run(job: _Job) -> None:
+    fn, args, loop, future = job
+    try:
+        result = fn(*args)
+    except BaseException as error:
+        if loop is not None:
+            loop.call_soon_threadsafe(_resolve, future, False, error)
+    else:
+        # Posted jobs (no future) need no answer, so they cost the loop no wake-up.
+        if loop is not None:
+            loop.call_soon_threadsafe(_resolve, future, True, result)
+
+
 def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
-    while (job := jobs.get()) is not None:
-        fn, args, loop, future = job
-        try:
-            result = fn(*args)
-        except BaseException as error:
+    held: list[_Job | None] = []
+    while True:
+        job = held.pop() if held else jobs.get()
+        if job is None:
+            return
+        if _one_trip(job):
+            group = [job]
+            # One-trip transactions queued behind this one commit with it (see
+            # ``_commit_group``); the first job of another kind waits for the next turn.
+            while len(group) < _MAX_GROUP:
+                try:
+                    follower = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if follower is not None and _one_trip(follower, job[1][1]):
+                    group.append(follower)
+                else:
+                    held.append(follower)
+                    break
+            if len(group) > 1:
+                _commit_group(group)
+                continue
+        _run(job)
+
+
+def _one_trip(job: _Job, begin: str | None = None) -> bool:
+    """Whether ``job`` is a whole transaction in one trip (BEGIN, deferred writes, COMMIT),
+    with the same BEGIN as ``begin`` when given."""
+    fn, args = job[0], job[1]
+    if getattr(fn, "__func__", None) is not _COMMIT or args[1] is None:
+        return False
+    return begin is None or args[1] == begin
+
+
+def _commit_group(group: list[_Job]) -> None:
+    """Group commit: several queued one-trip write transactions in ONE SQLite transaction.
+
+    Each was complete when queued (nothing of it waits on the loop), so running them back
+    to back under one BEGIN/COMMIT changes nothing any caller can observe, except that
+    the file writes its WAL once instead of once each. Every caller hears of success only
+    after the shared COMMIT. If anything fails, the group rolls back and each transaction
+    runs again on its own, so a failure stays with the transaction that caused it.
+    """
+    conn: sqlite3.Connection = group[0][1][0]
+    try:
+        conn.execute(group[0][1][1])
+    except BaseException as error:
+        # BEGIN failed (busy): each would have failed alone the same way.
+        for _, _, loop, future in group:
             if loop is not None:
                 loop.call_soon_threadsafe(_resolve, future, False, error)
-        else:
-            # Posted jobs (no future) need no answer, so they cost the loop no wake-up.
-            if loop is not None:
-                loop.call_soon_threadsafe(_resolve, future, True, result)
+        return
+    try:
+        for _, (_, _, queued), _, _ in group:
+            for sql, params, many in queued:
+                if many:
+                    conn.executemany(sql, params)
+                else:
+                    conn.execute(sql, params)
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        for job in group:
+            _run(job)
+        return
+    for _, _, loop, future in group:
+        if loop is not None:
+            loop.call_soon_threadsafe(_resolve, future, True, None)
 
 
 class _Worker:
@@ -265,6 +341,9 @@ class SqliteTransaction:
         self._callbacks.append(callback)
 
 
+_COMMIT = SqliteTransaction._commit
+
+
 class SqliteDatabase:
     """A SQLite file in WAL mode, used from asyncio.
 
@@ -384,17 +463,25 @@ class SqliteDatabase:
             writer = self._writer
             if writer is None:  # closed while this caller waited for the pool
                 raise DatabaseClosedError(self.url)
+            reader: _Worker | None = None
             if readonly and self._path != ":memory:":
                 reader = await self._take_reader(name)
-                try:
-                    async with _scope(SqliteTransaction(reader, "BEGIN")) as tx:
-                        yield tx
-                finally:
-                    if reader.conn is not None:  # not closed meanwhile
-                        self._idle[name].append(reader)
+                tx = SqliteTransaction(reader, "BEGIN")
             else:
-                async with _scope(SqliteTransaction(writer, lock=self._lock)) as tx:
+                tx = SqliteTransaction(writer, lock=self._lock)
+            # The commit/rollback scope is inlined rather than a nested context manager:
+            # this runs once per transaction, and each generator layer costs the loop time.
+            try:
+                try:
                     yield tx
+                except BaseException:
+                    await _abort(tx)
+                    raise
+                await _end(tx)
+            finally:
+                tx._unlock()
+                if reader is not None and reader.conn is not None:  # not closed meanwhile
+                    self._idle[name].append(reader)
         for callback in tx._callbacks:
             callback()
 
@@ -410,35 +497,32 @@ class SqliteDatabase:
             await writer.stop()
 
 
-@asynccontextmanager
-async def _scope(tx: SqliteTransaction) -> AsyncIterator[SqliteTransaction]:
-    """Commit when the block exits, roll back when it raises."""
-    try:
-        try:
-            yield tx
-        except BaseException:
-            tx._queued.clear()
-            if tx._begun:
-                # The worker runs jobs in order, so the rollback lands before any later
-                # BEGIN even if this task is cancelled again while awaiting it.
-                await tx._finish(_rollback_if_open)
-            raise
-        if tx._failed is not None:
-            # A deferred write failed and the caller carried on: nothing of it may commit.
-            await tx._finish(_rollback_if_open)
-            raise tx._failed
-        begin, queued = tx._prologue()
-        if queued:
-            # BEGIN, the deferred writes and COMMIT in one trip.
-            await tx._finish(tx._commit, begin, queued)
-        elif begin is None:
-            if tx._lock is None and tx._begin == "BEGIN":
-                # A read-only snapshot has nothing to lose at COMMIT: post it, do not wait.
-                tx._worker.post(_end_read)
-            else:
-                await tx._finish(tx._commit, None, queued)
-    finally:
-        tx._unlock()
+async def _abort(tx: SqliteTransaction) -> None:
+    """The block raised: drop the deferred writes and roll back what was sent."""
+    tx._queued.clear()
+    if tx._begun:
+        # The worker runs jobs in order, so the rollback lands before any later
+        # BEGIN even if this task is cancelled again while awaiting it.
+        await tx._finish(_rollback_if_open)
+
+
+async def _end(tx: SqliteTransaction) -> None:
+    """The block completed: commit (or roll back if a deferred write failed)."""
+    if tx._failed is not None:
+        # A deferred write failed and the caller carried on: nothing of it may commit.
+        await tx._finish(_rollback_if_open)
+        raise tx._failed
+    begin, queued = tx._prologue()
+    if queued:
+        # BEGIN, the deferred writes and COMMIT in one trip (which may share a group
+        # commit with the one-trip transactions queued behind it: see ``_work``).
+        await tx._finish(tx._commit, begin, queued)
+    elif begin is None:
+        if tx._lock is None and tx._begin == "BEGIN":
+            # A read-only snapshot has nothing to lose at COMMIT: post it, do not wait.
+            tx._worker.post(_end_read)
+        else:
+            await tx._finish(tx._commit, None, queued)
 
 
 def _rollback_if_open(conn: sqlite3.Connection) -> None:
