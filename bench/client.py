@@ -7,7 +7,9 @@ the same keep-alive pool size and run for ``BENCH_SECONDS`` (default 1.5) per ro
 interleaved over ``BENCH_ROUNDS`` (default 7) rounds (short rounds, many of them, so that
 other load on a shared machine hits every case alike); the median round counts:
 
-  (a) raw aiohttp ClientSession, one shared session, no policy at all
+  (a) raw aiohttp ClientSession, one shared session, no policy at all; like a client call
+      it reads the whole body and checks the status (aiohttp's default 5-minute total
+      timeout arms a timer per request: the counterpart of the client's call timeout)
   (b) ServiceClient, full pipeline: call timeout, retry, service breaker, per-instance
       breaker, bulkhead, static discovery, round-robin, outlier detection, traceparent
   (b') the same plus a per-attempt timeout (a second timer per call)
