@@ -192,3 +192,26 @@ async def test_access_log_sampling_can_drop_lines(upstream: Upstream) -> None:
     async with running(yaml, access_log=log) as gw:
         await request(gw.address("web")[1], path="/quiet")
     assert log.getvalue() == b""
+
+
+async def test_the_gateway_starts_the_trace_when_the_client_sent_none(upstream: Upstream) -> None:
+    log = io.BytesIO()
+    async with running(proxy_yaml(upstream.url), access_log=log) as gw:
+        await request(gw.address("web")[1], path="/untraced")
+    traceparent = upstream.seen[0].headers["traceparent"]
+    version, trace_id, span_id, flags = traceparent.split("-")
+    assert (version, flags, len(trace_id), len(span_id)) == ("00", "01", 32, 16)
+    assert int(trace_id, 16) != 0
+    (line,) = log.getvalue().splitlines()
+    assert json.loads(line)["trace_id"] == trace_id
+
+
+async def test_an_upstream_echo_of_the_request_id_is_not_sent_twice(upstream: Upstream) -> None:
+    upstream.respond = lambda seen: UpstreamReply(
+        headers=[("X-Request-Id", seen.headers["x-request-id"])]
+    )
+    async with running(proxy_yaml(upstream.url)) as gw:
+        raw = await send_raw(
+            gw.address("web")[1], b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+    assert raw.lower().count(b"x-request-id:") == 1

@@ -44,7 +44,11 @@ _REGENERATED = frozenset(
         b"x-request-id",
     }
 )
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+# The gateway writes its own X-Request-Id on every response (the one it sent upstream), so
+# an upstream's echo of it would only duplicate the header.
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-request-id"}
+
+_HEAD_DROP = HOP_BY_HOP | {b"x-request-id"}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -278,7 +282,7 @@ class Proxy:
 
     def _relay(self, conn: UpstreamConnection) -> Reply:
         # A response to HEAD keeps the upstream's Content-Length: it describes the GET body.
-        drop = HOP_BY_HOP if conn.head_only else _RESPONSE_DROP
+        drop = _HEAD_DROP if conn.head_only else _RESPONSE_DROP
         headers: list[Header] = [h for h in conn.headers if h[0] not in drop]
         if conn.complete:
             body = b"".join(conn.chunks) if len(conn.chunks) != 1 else conn.chunks[0]

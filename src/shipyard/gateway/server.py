@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
+from random import getrandbits as _random_bits
 from typing import cast
 
 import httptools
@@ -137,6 +138,12 @@ class Listener:
             if supplied is not None and _REQUEST_ID.fullmatch(supplied)
             else self.next_request_id()
         )
+        if b"traceparent" not in ex.header_map:
+            # The edge starts the trace when the client did not, so every hop behind the
+            # gateway (and its access log) shares one trace id.
+            traceparent = b"00-%032x-%016x-01" % (_random_bits(128) or 1, _random_bits(64) or 1)
+            ex.header_map[b"traceparent"] = traceparent
+            ex.headers.append((b"traceparent", traceparent))
         if self.trusted:
             ex.client_ip = self.client_ip(ex)
         try:
