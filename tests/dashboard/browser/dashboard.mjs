@@ -2,13 +2,7 @@
 // enter the chaos token, inject a 100% error rate into payments by clicking, place orders,
 // then wait until the page shows the payments breaker OPEN and sagas COMPENSATED.
 // Prints one JSON line with what the page showed; exits non-zero with the reason otherwise.
-import { chromium } from "playwright-core";
-
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set`);
-  return value;
-};
+import { env, launchChromium } from "./chromium.mjs";
 
 const dashboardUrl = env("DASHBOARD_URL");
 const ordersUrl = env("ORDERS_URL");
@@ -17,15 +11,7 @@ const screenshot = env("SCREENSHOT");
 const userDataDir = env("USER_DATA_DIR");
 const orders = Number(process.env.ORDERS || "6");
 
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-  viewport: { width: 1400, height: 1000 },
-});
+const context = await launchChromium(userDataDir);
 const problems = [];
 try {
   const page = context.pages()[0] ?? (await context.newPage());
