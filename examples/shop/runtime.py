@@ -171,8 +171,16 @@ class ShopRuntime:
         if self._publishes:
             await install_schema(db)  # the outbox table, written by the seed too
         if self._seed is not None:
-            async with db.transaction() as tx:
-                await self._seed(tx)
+            seed = self._seed
+
+            async def seed_once() -> None:
+                # Seeds insert only into empty tables; two instances of one service
+                # sharing a PostgreSQL database can race to it, and the loser's retry
+                # then finds the rows.
+                async with db.transaction() as tx:
+                    await seed(tx)
+
+            await _retrying(seed_once)
         if self._idempotency:
             self.idempotency_store = SqlIdempotencyStore(db)
             await self.idempotency_store.create_table()
@@ -293,9 +301,10 @@ class ShopRuntime:
 
 
 async def _retrying(install: Callable[[], Awaitable[None]], attempts: int = 5) -> None:
-    """Run the service's own schema install, again if it fails: on PostgreSQL two
-    concurrent ``CREATE TABLE IF NOT EXISTS`` (two instances starting together) can fail
-    with a unique violation. (The toolkit's ``install_schema`` serializes itself.)"""
+    """Run the service's own schema install or seed, again if it fails: on PostgreSQL two
+    instances starting together can both try ``CREATE TABLE IF NOT EXISTS`` or the seed's
+    inserts and one fails with a unique violation. (The toolkit's ``install_schema``
+    serializes itself.)"""
     for attempt in range(attempts):
         try:
             await install()
