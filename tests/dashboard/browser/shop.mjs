@@ -108,6 +108,8 @@ try {
   // End the outage from the page; then a declined card is a definite "no": its saga
   // compensates once orders' own breaker towards payments lets calls through again.
   await chaosRow.locator("button[data-clear]").click();
+  const leftOver = await chaosRow.locator("[name=error_rate]").inputValue();
+  if (leftOver !== "0") throw new Error(`the error-rate field still says ${leftOver} after clear`);
   await page.locator("#control-status", { hasText: "done" }).waitFor();
   await page.locator(`tr.instance[data-instance^="${PROVIDER}-"] td[data-faults]`, {
     hasText: "none",

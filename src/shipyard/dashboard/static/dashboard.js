@@ -227,6 +227,8 @@ document.addEventListener("click", (event) => {
     if (errorRate > 0) body.error_rate = Math.min(errorRate, 1);
     control(`api/chaos/${encodeURIComponent(d.inject)}`, body);
   } else if (d.clear) {
+    // The inputs say what the next "inject" sends: after a clear that is nothing.
+    for (const input of target.closest("tr").querySelectorAll("input")) input.value = "0";
     control(`api/chaos/${encodeURIComponent(d.clear)}`, { clear: true });
   } else if (d.kill) {
     control(`api/instances/${encodeURIComponent(d.kill)}/kill`);
