@@ -4,6 +4,7 @@ and Shipyard's embedded registry in process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import signal
 import socket
@@ -44,7 +45,9 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> No
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"{what} did not start on port {port}")
-        time.sleep(0.02)
+        # Waiting on the process doubles as the pause: it also notices a start-up crash.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.02)
 
 
 @dataclass
@@ -162,7 +165,9 @@ def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"dnsmasq did not start on port {port}")
-        time.sleep(0.02)
+        # Waiting on the process doubles as the pause: it also notices a start-up crash.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.02)
     yield DnsServer(process, port, hosts)
     process.kill()
     process.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def wait_until_live(port: int, process: subprocess.Popen[bytes]) -> int:
                 status: int = reply.status
                 return status
         except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.01)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.01)  # the pause, and it notices an early exit
     _, stderr = process.communicate(timeout=5)
     raise AssertionError(f"service never answered: {stderr.decode()}")
 
