@@ -286,15 +286,12 @@ def build(settings: ShopSettings) -> Service:
         ],
         lifespan=runtime.lifespan(),
     )
-    service = runtime.service(app)
 
     @runtime.on_open
-    async def watch_breaker() -> None:
-        breaker = provider().service_breaker
-        if breaker is not None:
-            service.watch(breaker)
+    async def create_provider_client() -> None:
+        provider()  # now, so its breaker is on /metrics before the first charge
 
-    return service
+    return runtime.service(app)
 
 
 def _outcome(charge_id: str, state: str, amount: int, reason: str | None = None) -> Outcome:

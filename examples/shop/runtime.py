@@ -11,7 +11,12 @@ runs). It owns, per service:
   handlers produce. The handlers call the same idempotent domain functions as the HTTP
   API, which commit in the service database: a bus handler's transaction must not nest a
   second write transaction on the same SQLite file (one writer connection per process);
-* one ``ServiceClient`` per called service, all sharing one ``Discovery``.
+* one ``ServiceClient`` per called service, all sharing one ``Discovery``, with every
+  breaker they hold (the service's, and each called instance's) exported on ``/metrics``;
+* bulkheaded pools in both databases (:func:`service_pools`, :func:`inbox_pools`): HTTP
+  handlers use ``api``, relays, projections and the saga orchestrator ``background``, and
+  the orders dashboard ``analytics``, so a burst of background work or a slow report cannot
+  take the connections user requests need.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from examples.shop.breakers import BreakerExport
 from examples.shop.contracts import shop_registry
+from examples.shop.pools import inbox_pools, service_pools
 from examples.shop.settings import ShopSettings
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
@@ -39,7 +46,7 @@ from shipyard.messaging import (
     open_transport,
 )
 from shipyard.service import Service
-from shipyard.storage import PooledDatabase, Transaction, open_database
+from shipyard.storage import PooledDatabase, PoolView, Transaction, open_database
 
 Seeder = Callable[[Transaction], Awaitable[None]]
 Subscriber = Callable[[EventBus, Outbox], None]
@@ -59,6 +66,7 @@ class ShopRuntime:
         publishes: bool = False,
         idempotency: bool = False,
         idempotency_required: Sequence[str] = (),
+        analytics: bool = False,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -71,6 +79,7 @@ class ShopRuntime:
         self._seed = seed
         self._publishes = publishes
         self._idempotency = idempotency or bool(idempotency_required)
+        self._analytics = analytics
         self.idempotency_required = tuple(idempotency_required)
         self._subscribers: list[Subscriber] = []
         self._on_open: list[Hook] = []
@@ -84,6 +93,8 @@ class ShopRuntime:
         self.bus: EventBus | None = None
         self.idempotency_store: SqlIdempotencyStore | None = None
         self._discovery: Discovery | None = None
+        self._service: Service | None = None
+        self._breaker_export: BreakerExport | None = None
 
     # -- declaring ----------------------------------------------------------------------
 
@@ -117,6 +128,16 @@ class ShopRuntime:
         if self._db is None:
             raise RuntimeError(f"{self.name}: the database opens at start-up")
         return self._db
+
+    @property
+    def background_db(self) -> PoolView:
+        """The service database's ``background`` pool: for work no request waits on."""
+        return self.db.pool("background")
+
+    @property
+    def analytics_db(self) -> PoolView:
+        """The service database's ``analytics`` pool (``analytics=True``): for reports."""
+        return self.db.pool("analytics")
 
     @property
     def inbox_db(self) -> PooledDatabase:
@@ -159,7 +180,8 @@ class ShopRuntime:
 
     async def open(self) -> None:
         """Open the database (schema, seed), the bus and the relays; run ``on_open`` hooks."""
-        db = await open_database(self.settings.database_url(self.name))
+        url = self.settings.database_url(self.name)
+        db = await open_database(url, pools=service_pools(url, analytics=self._analytics))
         self._db = db
 
         async def create_tables() -> None:
@@ -193,9 +215,12 @@ class ShopRuntime:
             )
             self._transport = await open_transport(self.settings.bus, **options)
         if self._publishes:
-            self._relays.append(OutboxRelay(db, self._transport_or_fail(), outbox=self.outbox))
+            self._relays.append(
+                OutboxRelay(db.pool("background"), self._transport_or_fail(), outbox=self.outbox)
+            )
         if consuming:
-            inbox = await open_database(self.settings.database_url(f"{self.name}-inbox"))
+            inbox_url = self.settings.database_url(f"{self.name}-inbox")
+            inbox = await open_database(inbox_url, pools=inbox_pools(inbox_url))
             self._inbox = inbox
             await install_schema(inbox)
             # Choreography must not give up on an event: a participant that is down for a
@@ -218,6 +243,13 @@ class ShopRuntime:
         # Hooks run before events flow, so handlers find what the hooks build.
         for hook in self._on_open:
             await hook()
+        if self._service is not None and self._service.metrics is not None:
+            # The bulkheads and breakers on /metrics, for the dashboard.
+            self._service.watch_database(self.name, db)
+            if self._inbox is not None:
+                self._service.watch_database(f"{self.name}-inbox", self._inbox)
+            self._breaker_export = BreakerExport(self._clients, self._service)
+            self._breaker_export.start()
         if self.bus is not None:
             for hook in self._before_consuming:
                 await hook()
@@ -232,6 +264,8 @@ class ShopRuntime:
         for hook in self._on_close:
             with contextlib.suppress(Exception):
                 await hook()
+        if self._breaker_export is not None:
+            await self._breaker_export.stop()
         if self.bus is not None:
             await self.bus.stop()
         for relay in self._relays:
@@ -269,7 +303,7 @@ class ShopRuntime:
     def service(self, app: ASGIApp, *, version: str = "1.0.0") -> Service:
         """The ``Service`` around ``app``: discovery, health, metrics, chaos admin, and
         idempotency keys when the runtime was built with ``idempotency=True``."""
-        return Service(
+        self._service = Service(
             self.name,
             app,
             version=version,
@@ -282,6 +316,7 @@ class ShopRuntime:
             chaos_token=self.settings.chaos_token,
             drain_timeout=5.0,
         )
+        return self._service
 
     def _idempotency_middleware(self, app: ASGIApp) -> ASGIApp:
         # The store lives in the database open() creates in the lifespan, after this

@@ -1,6 +1,8 @@
-"""Reading /metrics text and turning counters into rates (pure: no servers)."""
+"""Reading /metrics text and turning counters into rates (no servers)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +10,7 @@ from shipyard.core import ConfigError, ManualClock
 from shipyard.dashboard import RateWindow, parse_metrics
 from shipyard.observability import ServiceMetrics
 from shipyard.resilience import CircuitBreaker, TokenBucketLimiter
+from shipyard.storage import open_database
 
 
 async def test_breaker_state_calls_and_limiter_decisions_are_read_from_service_metrics() -> None:
@@ -62,6 +65,23 @@ def test_gateway_breakers_rate_limits_and_upstream_traffic_are_read() -> None:
     assert sample.limiters["web /orders"].rejected == 7
     assert sample.limiters["web /orders"].allowed is None
     assert sample.upstream == {("payments", "5xx"): 3, ("payments", "2xx"): 9}
+
+
+async def test_database_pools_are_read_with_their_use_and_rejections(tmp_path: Path) -> None:
+    db = await open_database(
+        f"sqlite:///{tmp_path}/orders.db",
+        pools={"api": {"size": 3}, "background": {"size": 2}},
+    )
+    metrics = ServiceMetrics()
+    metrics.watch_database("orders", db)
+    try:
+        async with db.transaction(pool="background", readonly=True):
+            sample = parse_metrics(metrics.render().decode())
+    finally:
+        await db.close()
+    api, background = sample.pools[("orders", "api")], sample.pools[("orders", "background")]
+    assert (api.size, api.in_use, api.waiting, api.rejected) == (3, 0, 0, 0)
+    assert (background.size, background.in_use) == (2, 1)
 
 
 def test_text_that_is_not_prometheus_is_a_value_error() -> None:

@@ -85,6 +85,9 @@ async def test_the_shops_page_shows_payments_breaker_open_and_sagas_compensated_
     assert shown["breakerBefore"] in ("closed", None)  # None: no charge sent yet
     assert shown["breaker"] == "open"
     assert "payment-provider" in shown["breakersOpen"]
+    assert shown["clipped"] == []
+    assert any(p.startswith("orders-") and p.endswith(" orders/api") for p in shown["pools"])
+    assert any(p.endswith(" payments-inbox/background") for p in shown["pools"])
     assert shown["outage"], "no order was placed during the outage"
     assert len(shown["outage"]) <= MAX_ORDERS
     assert shown["compensated"] > shown["compensatedBefore"]

@@ -265,7 +265,12 @@ async def test_the_snapshot_api_serves_the_collectors_picture(observed: Observed
     assert api["version"] >= settled.version > observed.before.version
     assert [s["name"] for s in api["services"]] == [s.name for s in settled.services]
     payments = [i for s in api["services"] if s["name"] == "payments" for i in s["instances"]]
-    assert [b["name"] for b in payments[0]["breakers"]] == ["payment-provider"]
+    (provider,) = instances(settled, "payment-provider")
+    assert [b["name"] for b in payments[0]["breakers"]] == [
+        "payment-provider",
+        f"payment-provider/{provider.id}",
+    ]
+    assert {(p["database"], p["pool"]) for p in payments[0]["pools"]} >= {("payments", "api")}
     assert api["sagas"]["counts"]["COMPENSATED"] > 0
     assert api["flows"]
 
@@ -337,3 +342,33 @@ async def test_orders_shows_its_breakers_towards_the_saga_participants(
 ) -> None:
     (orders,) = instances(observed.settled, "orders")
     assert any("payments" in breaker.name for breaker in orders.breakers)
+
+
+async def test_payments_shows_the_breaker_of_the_provider_instance_it_called(
+    observed: Observed,
+) -> None:
+    (provider,) = instances(observed.settled, "payment-provider")
+    (payments,) = instances(observed.breaker_open, "payments")
+    per_instance = {b.name: b for b in payments.breakers}[f"payment-provider/{provider.id}"]
+    # Counted from when the runtime exported it (within a second of the first call).
+    assert per_instance.failures > 0
+    assert per_instance.failure_rate is not None
+    assert per_instance.failure_rate > 0
+
+
+async def test_every_database_shows_its_bulkhead_pools(observed: Observed) -> None:
+    (orders,) = instances(observed.settled, "orders")
+    assert {(p.database, p.pool) for p in orders.pools} == {
+        ("orders", "api"),
+        ("orders", "background"),
+        ("orders", "analytics"),
+        ("orders-inbox", "background"),
+        ("orders-inbox", "api"),
+    }
+    for service in ("users", "products", "inventory", "payments", "reviews"):
+        for instance in instances(observed.settled, service):
+            pools = {p.pool: p for p in instance.pools if p.database == service}
+            assert set(pools) == {"api", "background"}, instance.id
+            for pool in pools.values():
+                assert 0 <= pool.in_use <= pool.size, (instance.id, pool)
+                assert pool.rejected == 0, (instance.id, pool)

@@ -22,7 +22,7 @@ from examples.shop.contracts import (
 from shipyard.cqrs import Query
 from shipyard.eventsourcing import Projection, handles
 from shipyard.replication import Replica, ReplicaTable
-from shipyard.storage import Database, PooledDatabase, Transaction
+from shipyard.storage import Database, Transaction
 
 USER_CACHE = ReplicaTable("user_cache", key="id", columns={"name": "TEXT", "email": "TEXT"})
 
@@ -107,9 +107,7 @@ async def dashboard_rows(query: DashboardQuery, tx: Transaction) -> list[dict[st
     return [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
 
 
-async def join_users(
-    rows: list[dict[str, Any]], cache: PooledDatabase | None
-) -> list[dict[str, Any]]:
+async def join_users(rows: list[dict[str, Any]], cache: Database | None) -> list[dict[str, Any]]:
     """The second half: each row's user from the local cache (``None`` when not replicated
     yet)."""
     ids = sorted({row["user_id"] for row in rows})

@@ -100,7 +100,9 @@ class _Parts:
 
 def build(settings: ShopSettings) -> Service:
     """The orders service (one instance: it runs the saga orchestrator)."""
-    runtime = ShopRuntime("orders", settings, publishes=True, idempotency_required=["/orders"])
+    runtime = ShopRuntime(
+        "orders", settings, publishes=True, idempotency_required=["/orders"], analytics=True
+    )
     parts = _Parts()
 
     @runtime.on_open
@@ -108,16 +110,20 @@ def build(settings: ShopSettings) -> Service:
         store = await open_event_store(runtime.db)
         repository = Repository(store, Order, registry=runtime.registry, outbox=runtime.outbox)
         parts.book = OrderBook(repository)
-        parts.orchestrator = Orchestrator(runtime.db, backoff_base=0.2, backoff_max=2.0)
+        # Sagas run after the request that started them answered: background work, in
+        # the background pool, like the projection runner; the dashboard's reports use
+        # the analytics pool (see ShopRuntime).
+        parts.orchestrator = Orchestrator(runtime.background_db, backoff_base=0.2, backoff_max=2.0)
         parts.saga = place_order_saga(
             parts.book, runtime.client("inventory"), runtime.client("payments")
         )
         parts.orchestrator.register(parts.saga)
         await parts.orchestrator.install()
-        parts.runner = ProjectionRunner(store, runtime.registry, [OrderDashboard()])
+        background_store = await open_event_store(runtime.background_db)
+        parts.runner = ProjectionRunner(background_store, runtime.registry, [OrderDashboard()])
         await parts.runner.install()
         parts.runner.start()
-        parts.queries = QueryBus(runtime.db)
+        parts.queries = QueryBus(runtime.analytics_db)
         parts.queries.register(DashboardQuery, dashboard_rows)
         # Sagas interrupted by a crash resume where their last commit left them.
         parts.recovery = asyncio.get_running_loop().create_task(parts.orchestrator.recover())
@@ -211,7 +217,7 @@ def build(settings: ShopSettings) -> Service:
         rows = await parts.queries.ask(
             DashboardQuery(status=request.query_params.get("status"), limit=limit)
         )
-        cache = runtime.inbox_db if runtime.consuming else None
+        cache = runtime.inbox_db.pool("api") if runtime.consuming else None
         return JSON({"orders": await join_users(rows, cache)})
 
     async def sagas(request: Request) -> JSON:
@@ -262,18 +268,7 @@ def build(settings: ShopSettings) -> Service:
         ],
         lifespan=runtime.lifespan(),
     )
-    service = runtime.service(app)
-
-    @runtime.on_open
-    async def watch_breakers() -> None:
-        # The saga's calls to its participants go through these breakers: export them so
-        # the dashboard shows them open when inventory or payments fail.
-        for participant in ("inventory", "payments"):
-            breaker = runtime.client(participant).service_breaker
-            if breaker is not None:
-                service.watch(breaker)
-
-    return service
+    return runtime.service(app)
 
 
 class _LazyBook(OrderBook):

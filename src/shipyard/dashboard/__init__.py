@@ -22,6 +22,7 @@ from shipyard.dashboard.scrape import InstanceSample, RateWindow, parse_metrics
 from shipyard.dashboard.snapshot import (
     BreakerView,
     CheckView,
+    DatabasePoolView,
     FlowView,
     InstanceView,
     LimiterView,
@@ -52,6 +53,7 @@ __all__ = [
     "CheckView",
     "RequestsView",
     "BreakerView",
+    "DatabasePoolView",
     "LimiterView",
     "SagasView",
     "SagaView",

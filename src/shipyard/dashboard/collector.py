@@ -36,6 +36,7 @@ from shipyard.dashboard.scrape import InstanceSample, RateWindow, parse_metrics
 from shipyard.dashboard.snapshot import (
     BreakerView,
     CheckView,
+    DatabasePoolView,
     FlowView,
     InstanceView,
     LimiterView,
@@ -320,6 +321,10 @@ class Collector:
             limiters=[
                 LimiterView(limiter.name, limiter.allowed, limiter.rejected)
                 for limiter in sorted(sample.limiters.values(), key=lambda x: x.name)
+            ],
+            pools=[
+                DatabasePoolView(p.database, p.pool, p.size, p.in_use, p.waiting, p.rejected)
+                for _, p in sorted(sample.pools.items())
             ],
             upstream=_upstream(sample),
         )

@@ -2,7 +2,7 @@
 and turning counters into rates over a sliding window.
 
 The metric names are those of :mod:`shipyard.observability` (service breakers, rate
-limiters, HTTP server requests) and :mod:`shipyard.gateway.metrics` (the gateway's
+limiters, database pools, HTTP server requests) and :mod:`shipyard.gateway.metrics` (the gateway's
 breakers towards upstreams, its 429s and its upstream traffic). Unknown metrics are
 ignored, so the dashboard reads any service, with or without those policies.
 """
@@ -41,11 +41,33 @@ class LimiterSample:
 
 
 @dataclass(slots=True)
+class PoolSample:
+    """A database pool (a storage bulkhead) at one scrape."""
+
+    database: str
+    pool: str
+    size: int = 0
+    in_use: int = 0
+    waiting: int = 0
+    rejected: int = 0
+
+
+_POOL_FIELDS = {
+    "shipyard_db_pool_size": "size",
+    "shipyard_db_pool_in_use": "in_use",
+    "shipyard_db_pool_waiting": "waiting",
+    "shipyard_db_pool_rejected_total": "rejected",
+}
+
+
+@dataclass(slots=True)
 class InstanceSample:
     """Everything one scrape said."""
 
     breakers: dict[str, BreakerSample] = field(default_factory=dict)
     limiters: dict[str, LimiterSample] = field(default_factory=dict)
+    pools: dict[tuple[str, str], PoolSample] = field(default_factory=dict)
+    """Database pools by (database, pool)."""
     requests: int = 0
     request_errors: int = 0
     upstream: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -91,6 +113,12 @@ def _take(sample: InstanceSample, name: str, labels: dict[str, str], value: floa
     elif name == "shipyard_gateway_rate_limited_total":
         key = f"{labels.get('frontend', '')} {labels.get('route', '')}".strip()
         _limiter(sample, key).rejected = int(value)
+    elif name in _POOL_FIELDS:
+        where = (labels.get("database", ""), labels.get("pool", ""))
+        pool = sample.pools.get(where)
+        if pool is None:
+            pool = sample.pools[where] = PoolSample(*where)
+        setattr(pool, _POOL_FIELDS[name], int(value))
     elif name in ("http_server_requests_total", "shipyard_gateway_requests_total"):
         sample.requests += int(value)
         status = labels.get("status", "")

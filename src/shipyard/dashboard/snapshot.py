@@ -50,6 +50,19 @@ class LimiterView:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabasePoolView:
+    """One database pool (a bulkhead) of an instance: its size, transactions running,
+    callers waiting now, and callers turned away since the instance started."""
+
+    database: str
+    pool: str
+    size: int
+    in_use: int
+    waiting: int
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True)
 class RequestsView:
     """HTTP requests an instance answered: totals, and rates over ``rate_window``."""
 
@@ -77,6 +90,7 @@ class InstanceView:
     requests: RequestsView | None = None
     breakers: list[BreakerView] = field(default_factory=list)
     limiters: list[LimiterView] = field(default_factory=list)
+    pools: list[DatabasePoolView] = field(default_factory=list)
     upstream: dict[str, dict[str, int]] = field(default_factory=dict)
     """Gateways only: responses relayed from each upstream service, by status class."""
     faults: list[dict[str, Any]] | None = None

@@ -20,6 +20,7 @@ from shipyard.observability.middleware import (
     ObservabilityMiddleware,
     route_template,
 )
+from shipyard.observability.pools import DatabasePoolMetrics, HasPools
 from shipyard.observability.request_log import RequestLog
 from shipyard.observability.spans import Span, SpanExporter, SpanKind, TraceRecorder
 from shipyard.observability.tracing import (
@@ -39,6 +40,8 @@ __all__ = [
     "MetricsApp",
     "ResilienceMetrics",
     "MeteredLimiter",
+    "DatabasePoolMetrics",
+    "HasPools",
     "DEFAULT_BUCKETS",
     "UNMATCHED_ROUTE",
     # traces

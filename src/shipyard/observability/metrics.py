@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from starlette.types import Receive, Scope, Send
 
 from shipyard.observability.exporters import ResilienceMetrics, Unsubscribe
+from shipyard.observability.pools import DatabasePoolMetrics, HasPools
 
 UNMATCHED_ROUTE = "<unmatched>"
 """The ``route`` label of requests no route template matched (404s, unknown paths)."""
@@ -38,6 +39,7 @@ class ServiceMetrics:
     """The metrics of one service: HTTP server metrics, plus :attr:`resilience` exporters.
 
     ``metrics.watch(breaker, bulkhead, pipeline, ...)`` exports resilience policies;
+    ``metrics.watch_database("orders", db)`` its database pools (:mod:`.pools`);
     ``metrics.asgi_app()`` serves the text exposition format.
     """
 
@@ -67,6 +69,7 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.resilience = ResilienceMetrics(self.registry)
+        self.pools = DatabasePoolMetrics(self.registry)
         # (method, route, status) -> (counter child, histogram child): ``labels()`` locks and
         # builds a key every call; the hot path does one dict lookup instead.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -89,6 +92,12 @@ class ServiceMetrics:
     def watch(self, *sources: Any) -> Unsubscribe:
         """Export breakers, bulkheads, retries, pipelines (see :class:`ResilienceMetrics`)."""
         return self.resilience.watch(*sources)
+
+    def watch_database(self, name: str, database: HasPools) -> Unsubscribe:
+        """Export ``database``'s pools (size, in use, waiting, rejected) labelled
+        ``database=name``; returns the way to stop."""
+        self.pools.watch(name, database)
+        return lambda: self.pools.unwatch(name)
 
     def render(self) -> bytes:
         """The current metrics in Prometheus' text format."""

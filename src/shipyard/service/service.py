@@ -37,6 +37,7 @@ from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError, get_logger, validati
 from shipyard.discovery import Discovery, Registration, RegistryBackend, SelfRegistration
 from shipyard.health import Check, HealthApp, Probes
 from shipyard.observability import (
+    HasPools,
     ObservabilityMiddleware,
     RequestLog,
     ServiceMetrics,
@@ -201,6 +202,13 @@ class Service:
         if self.metrics is None:
             raise ConfigError("metrics", False, "must be enabled to watch policies")
         return self.metrics.watch(*policies)
+
+    def watch_database(self, name: str, database: HasPools) -> Callable[[], None]:
+        """Export ``database``'s pools (its bulkheads: size, in use, waiting, rejected) on
+        ``/metrics`` as ``database=name``; returns the way to stop."""
+        if self.metrics is None:
+            raise ConfigError("metrics", False, "must be enabled to watch databases")
+        return self.metrics.watch_database(name, database)
 
     # -- lifecycle ------------------------------------------------------------------------
 

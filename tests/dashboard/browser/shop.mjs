@@ -2,7 +2,8 @@
 // tests/shop/test_browser.py): enter the chaos token, click a 100% error rate into the
 // payment provider, place orders through the gateway with demo JWTs until the page shows
 // payments' breaker OPEN, click the fault clear, place an order whose card is declined,
-// and wait until the page shows that saga COMPENSATED.
+// and wait until the page shows that saga COMPENSATED; also reads the database-pool panel
+// and checks that no panel scrolls sideways.
 // Prints one JSON line with what the page showed; exits non-zero with the reason otherwise.
 import { env, launchChromium } from "./chromium.mjs";
 
@@ -123,11 +124,20 @@ try {
       failed: row.cells[2].textContent.trim(),
       timeline: row.querySelector(".timeline").textContent.trim(),
     })));
+  // Every section fits the 1400 px window: nothing scrolls sideways (the saga timelines
+  // once did, inside a narrow column).
+  const clipped = await page.locator("main section").evaluateAll((sections) => sections
+    .filter((section) => !section.hidden && section.scrollWidth > section.clientWidth + 1)
+    .map((section) => section.querySelector("h2").textContent));
+  const pools = await page.locator("#pools [data-pool]")
+    .evaluateAll((cells) => cells.map((c) => `${c.closest("tr").dataset.instance} ${c.dataset.pool}`));
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(JSON.stringify({
     breakerBefore,
     breaker: breakerShown.trim(),
     breakersOpen,
+    clipped,
+    pools,
     compensated: await compensatedOnPage(page),
     compensatedBefore,
     compensatedRows,

@@ -80,14 +80,23 @@ function renderChaos(snapshot) {
       <button data-clear="${esc(name)}">clear</button></td></tr>`).join("");
 }
 
+// Gateway breakers guard an upstream service; a client's per-instance breakers are named
+// "<service>/<instance id>" and sit beside its service breaker.
+function breakerName(b) {
+  if (b.source === "gateway") return `${esc(b.name)} <span class="muted">(gateway)</span>`;
+  const slash = b.name.indexOf("/");
+  if (slash < 0) return esc(b.name);
+  return `${esc(b.name.slice(0, slash))}<br><span class="muted">instance ${esc(b.name.slice(slash + 1))}</span>`;
+}
+
 function renderBreakers(snapshot) {
   const rows = [];
   for (const service of snapshot.services) {
     for (const inst of service.instances) {
       for (const b of inst.breakers) {
         rows.push(`<tr data-breaker="${esc(b.name)}" data-state="${esc(b.state)}">
-          <td>${esc(b.name)}${b.source === "gateway" ? ' <span class="muted">(gateway)</span>' : ""}</td>
-          <td>${esc(inst.id)}</td><td>${badge(b.state.replace("_", "-"), b.state)}</td>
+          <td class="id">${breakerName(b)}</td>
+          <td class="id">${esc(inst.id)}</td><td>${badge(b.state.replace("_", "-"), b.state)}</td>
           <td>${percent(b.failure_rate)}</td><td>${b.successes}</td><td>${b.failures}</td>
           <td>${b.rejected}</td></tr>`);
       }
@@ -102,13 +111,42 @@ function renderLimiters(snapshot) {
   for (const service of snapshot.services) {
     for (const inst of service.instances) {
       for (const l of inst.limiters) {
-        rows.push(`<tr data-limiter="${esc(l.name)}"><td>${esc(l.name)}</td><td>${esc(inst.id)}</td>
+        rows.push(`<tr data-limiter="${esc(l.name)}"><td>${esc(l.name)}</td><td class="id">${esc(inst.id)}</td>
           <td>${l.allowed ?? "—"}</td><td>${l.rejected}</td></tr>`);
       }
     }
   }
   if (!rows.length) rows.push('<tr><td colspan="4" class="muted">no rate limiters exported</td></tr>');
   $("#limiters tbody").innerHTML = rows.join("");
+}
+
+// One row per instance and database; each pool as "name in use / size", waiting callers
+// and rejections (since the instance started) added when there are any.
+function renderPools(snapshot) {
+  const rows = [];
+  for (const service of snapshot.services) {
+    for (const inst of service.instances) {
+      const byDatabase = new Map();
+      for (const p of inst.pools || []) {
+        if (!byDatabase.has(p.database)) byDatabase.set(p.database, []);
+        byDatabase.get(p.database).push(p);
+      }
+      for (const [database, pools] of byDatabase) {
+        const cells = pools.map((p) => {
+          const state = p.rejected ? "open" : p.waiting ? "half_open" : "closed";
+          const extra = [p.waiting ? `${p.waiting} waiting` : "", p.rejected ? `${p.rejected} rejected` : ""]
+            .filter(Boolean).join(", ");
+          return `<span class="badge ${state}" data-pool="${esc(database)}/${esc(p.pool)}"
+            title="${esc(p.pool)}: ${p.in_use} of ${p.size} in use, ${p.waiting} waiting, ${p.rejected} rejected">
+            ${esc(p.pool)} ${p.in_use}/${p.size}${extra ? ` (${esc(extra)})` : ""}</span>`;
+        });
+        rows.push(`<tr data-instance="${esc(inst.id)}" data-database="${esc(database)}">
+          <td class="id">${esc(inst.id)}</td><td>${esc(database)}</td><td>${cells.join(" ")}</td></tr>`);
+      }
+    }
+  }
+  if (!rows.length) rows.push('<tr><td colspan="3" class="muted">no database pools exported</td></tr>');
+  $("#pools tbody").innerHTML = rows.join("");
 }
 
 // Compact timeline: what each step ended as (✓ done, ✗ failed, ↩ compensated); the
@@ -147,7 +185,7 @@ function renderSagas(snapshot) {
     `<span class="badge ${esc(state)}" data-saga-state="${esc(state)}" data-count="${n}">
       ${esc(state.toLowerCase())}: ${n >= sagas.count_limit ? `${n}+` : n}</span>`).join("");
   const rows = sagas.recent.map((s) => `<tr data-saga="${esc(s.saga_id)}" data-state="${esc(s.state)}">
-    <td>${esc(s.name)}<br><span class="muted">${esc(s.saga_id)}</span></td>
+    <td class="id">${esc(s.name)}<br><span class="muted">${esc(s.saga_id)}</span></td>
     <td>${badge(s.state)}</td>
     <td>${esc(s.failed_step || "")}${s.error ? `<br><span class="error">${esc(s.error.slice(0, 120))}</span>` : ""}</td>
     <td class="timeline">${timelineText(s.timeline)}</td></tr>`);
@@ -167,7 +205,7 @@ function renderProcesses(snapshot) {
   $("#process-section").hidden = !processes;
   if (!processes) return;
   $("#processes tbody").innerHTML = processes.map((p) => `<tr data-process="${esc(p.id)}">
-    <td>${esc(p.id)}</td><td>${esc(p.service)}</td>
+    <td class="id">${esc(p.id)}</td><td>${esc(p.service)}</td>
     <td>${p.running ? badge(`running (pid ${p.pid ?? "?"})`, "passing") : badge("stopped", "critical")}</td>
     <td>${processButtons(p, snapshot.control)}</td></tr>`).join("");
 }
@@ -183,6 +221,7 @@ function render(snapshot) {
   renderChaos(snapshot);
   renderBreakers(snapshot);
   renderLimiters(snapshot);
+  renderPools(snapshot);
   renderSagas(snapshot);
   renderFlows(snapshot);
   renderProcesses(snapshot);
