@@ -39,8 +39,8 @@ class ShopSettings:
       or ``postgresql://postgres@127.0.0.1:5432/shop_{service}``).
     * ``flow``: how ``POST /orders`` places an order unless the request says otherwise.
     * ``instance``: this process's instance number (0 for the first instance).
-    * ``consumer``: whether this instance consumes events (the SQLite bus allows one
-      consuming process per group).
+    * ``consumer``: whether this instance consumes events (the supervisor runs every
+      instance as a consumer; on the SQLite bus one of them holds each group's lease).
     * ``redis``: Redis URL for the gateway's shared counters and cache (distributed).
     * ``bus_stream``: the JetStream stream name when ``bus`` is NATS.
     """

@@ -168,12 +168,10 @@ class Supervisor:
                     chosen = free_port(host)
                 else:
                     chosen, port = port, port + 1
-                # The SQLite bus has one cursor per consumer group: one consuming instance.
-                # JetStream groups are shared by competing consumers: every instance.
-                consumer = index == 0 or self.settings.bus.startswith("nats:")
-                self._instances[instance_id] = Instance(
-                    instance_id, service, index, chosen, consumer=consumer
-                )
+                # Every instance consumes: JetStream shares a group between competing
+                # consumers; on the SQLite log one instance holds the group's lease and
+                # the others stand by to take over when it dies.
+                self._instances[instance_id] = Instance(instance_id, service, index, chosen)
         self.gateway = Instance("gateway-1", "gateway", 0, self.gateway_port, consumer=False)
         self._logs: dict[str, TextIO] = {}
 

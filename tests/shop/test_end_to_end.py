@@ -321,3 +321,26 @@ async def test_the_dashboard_control_names_instances_by_their_registry_id(
     assert second.running
     with pytest.raises(UnknownInstanceError):
         await control.kill("shipping-127.0.0.1:1")
+
+
+async def test_choreographed_orders_go_on_while_either_inventory_instance_is_dead(
+    shop: Supervisor, driver: ShopDriver
+) -> None:
+    # Both instances consume: on JetStream as competing consumers, on the SQLite log one
+    # holds each group's lease and the other takes it over when that process dies.
+    expected = [
+        ("CONFIRMED", None),
+        ("CONFIRMED", None),
+        ("CANCELLED", "declined"),
+        ("CANCELLED", "out of stock"),
+        ("CONFIRMED", None),
+    ]
+    for instance_id in ("inventory-1", "inventory-2"):
+        before = await driver.stock()
+        await shop.kill(instance_id)
+        try:
+            placed = await place_and_settle(driver, MIXED, "choreographed")
+        finally:
+            await shop.restart(instance_id)
+        assert [outcome(p) for p in placed] == expected, instance_id
+        assert_conserved(placed, before, await driver.stock(), await driver.ledger())

@@ -124,11 +124,12 @@ def test_no_answer_or_a_5xx_leaves_the_step_undecided(error: Exception) -> None:
     assert not definitive(error)
 
 
-def test_the_supervisor_plans_one_process_per_instance_and_one_consumer(tmp_path: Path) -> None:
+def test_the_supervisor_plans_one_process_per_instance_each_consuming(tmp_path: Path) -> None:
     supervisor = Supervisor(tmp_path / "var", base_port=9000, instances={"inventory": 3})
     inventory = supervisor.instances("inventory")
     assert [i.id for i in inventory] == ["inventory-1", "inventory-2", "inventory-3"]
-    assert [i.consumer for i in inventory] == [True, False, False]
+    # On the SQLite bus one holds each group's lease, the others stand by.
+    assert [i.consumer for i in inventory] == [True, True, True]
     ports = [i.port for i in supervisor.instances() if i.service != "gateway"]
     assert ports == list(range(9000, 9000 + len(ports)))
     assert supervisor.instances()[-1].id == "gateway-1"
