@@ -182,6 +182,19 @@ async def test_a_service_nobody_asks_for_stops_being_watched_after_cache_ttl(
     assert discovery.cached("users") is None
 
 
+async def test_instances_nowait_answers_from_the_cache_and_keeps_the_service_watched(
+    discovery: Discovery, clock: ManualClock
+) -> None:
+    assert discovery.instances_nowait("users") is None  # not cached: await instances()
+    first = await discovery.instances("users")
+    for _ in range(3):
+        clock.advance(60.0)  # each period, a nowait lookup counts as a use
+        assert discovery.instances_nowait("users") == first
+    clock.advance(60.0)
+    clock.advance(60.0)  # no lookup for two periods: dropped like any unused service
+    assert discovery.instances_nowait("users") is None
+
+
 def test_cache_settings_are_validated_at_construction() -> None:
     with pytest.raises(ConfigError, match="cache_ttl"):
         Discovery("memory://", cache_ttl=0)

@@ -10,12 +10,14 @@ connection ejects the instance at once.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, overload
 
 import aiohttp
 import msgspec
+from multidict import CIMultiDict
 
 from shipyard.client.errors import (
     ClientClosedError,
@@ -62,6 +64,7 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 Sender = Callable[["_Call", Instance, str], Awaitable[Response]]
+_Request = Callable[..., Awaitable[aiohttp.ClientResponse]]
 
 
 class _Guard:
@@ -79,17 +82,21 @@ class _Guard:
 
 
 class _Call:
-    """One logical request across its attempts (the state a retry needs)."""
+    """One logical request across its attempts (the state a retry needs).
+
+    ``trace_head``/``trace_tail`` are the fixed parts of its ``traceparent``
+    (``00-<trace id>-`` and ``-<flags>``), so an attempt only adds its span id.
+    """
 
     __slots__ = (
         "body",
-        "flags",
         "headers",
         "last",
         "method",
         "params",
         "path",
-        "trace_id",
+        "trace_head",
+        "trace_tail",
         "tried",
     )
 
@@ -98,18 +105,18 @@ class _Call:
         method: str,
         path: str,
         params: Mapping[str, str] | None,
-        headers: dict[str, str],
+        headers: CIMultiDict[str],
         body: bytes | None,
-        trace_id: str | None,
-        flags: str,
+        trace_head: str | None,
+        trace_tail: str,
     ) -> None:
         self.method = method
         self.path = path
         self.params = params
         self.headers = headers
         self.body = body
-        self.trace_id = trace_id
-        self.flags = flags
+        self.trace_head = trace_head
+        self.trace_tail = trace_tail
         self.last: Instance | None = None
         self.tried: set[str] | None = None
 
@@ -188,7 +195,10 @@ class ServiceClient:
             raise ConfigError("outlier", outlier, "must be an OutlierDetector, True or False")
         self._clock = clock
         self._plan: Plan = build_plan(policy, service=service, timeout=timeout, clock=clock)
-        self._headers = dict(headers or {})
+        # A CIMultiDict, as aiohttp wants it: passed a dict, aiohttp copies it into one on
+        # every request. Case-insensitive, so a caller's header replaces ours whatever its
+        # spelling, and the retry decision sees a caller's idempotency-key.
+        self._headers: CIMultiDict[str] = CIMultiDict(headers or {})
         self._idempotency_keys = idempotency_keys and self._plan.retries
         self._start_traces = start_traces
         self._guards: dict[str, _Guard] = {}
@@ -196,9 +206,12 @@ class ServiceClient:
         self._owns_session = session is None
         self._request_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         # Our own session carries the connect timeout; a shared one gets it per request.
-        self._per_request: dict[str, Any] = (
-            {} if session is None else {"timeout": self._request_timeout}
+        self._request: _Request | None = (
+            None
+            if session is None
+            else functools.partial(session.request, timeout=self._request_timeout)
         )
+        self._cached_instances = self.discovery.instances_nowait
         # The service chain wrapped around _attempt once, as decorators: a call then makes
         # no sync/async checks and allocates no chain (Polly's "decide at build time").
         self._run = self._plan.chain(self._attempt)
@@ -395,6 +408,7 @@ class ServiceClient:
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
+            self._request = None
         if self._owns_discovery:
             await self.discovery.aclose()
 
@@ -419,9 +433,7 @@ class ServiceClient:
             raise ClientClosedError(self.service)
         merged = self._headers.copy()
         if headers:
-            for name, value in headers.items():
-                # One canonical spelling, so the retry decision sees the caller's key.
-                merged[IDEMPOTENCY_KEY if name.lower() == "idempotency-key" else name] = value
+            merged.update(headers)
         if json is not None:
             if data is not None:
                 raise ConfigError("json", json, "give either json or data, not both")
@@ -438,9 +450,11 @@ class ServiceClient:
         if trace is not None:
             if trace.tracestate:
                 merged["tracestate"] = trace.tracestate
-            return _Call(method, path, params, merged, data, trace.trace_id, trace.flags)
-        trace_id = new_trace_id() if self._start_traces else None
-        return _Call(method, path, params, merged, data, trace_id, "00")
+            head = f"00-{trace.trace_id}-"
+            return _Call(method, path, params, merged, data, head, f"-{trace.flags}")
+        if self._start_traces:
+            return _Call(method, path, params, merged, data, f"00-{new_trace_id()}-", "-00")
+        return _Call(method, path, params, merged, data, None, "")
 
     def _chain_for(self, call: _Call) -> Callable[[_Call], Awaitable[Response]]:
         """The service chain for ``call``: with retries only if repeating it is safe."""
@@ -449,13 +463,17 @@ class ServiceClient:
         return self._run_once
 
     async def _attempt(self, call: _Call) -> Response:
-        instances = await self.discovery.instances(self.service)
+        instances = self._cached_instances(self.service)
+        if instances is None:
+            instances = await self.discovery.instances(self.service)
         if not instances:
             raise NoHealthyInstance(self.service)
         outlier = self.outlier
         candidates = instances if outlier is None else outlier.filter(instances)
         instance = self.balancer.pick(candidates)
-        guard = self._guard_for(instance)
+        guard = self._guards.get(instance.id)
+        if guard is None or guard.port != instance.port or guard.address != instance.address:
+            guard = self._new_guard(instance)  # _guard_for, inlined on the hot path
         tried = call.tried
         last = call.last
         if last is not None:
@@ -471,10 +489,10 @@ class ServiceClient:
             instance = self._next_usable(candidates, instance, tried)
             guard = self._guard_for(instance)
         call.last = instance
-        trace_id = call.trace_id
-        if trace_id is not None:
+        trace_head = call.trace_head
+        if trace_head is not None:
             # A fresh span id per outgoing attempt, under the caller's trace.
-            call.headers["traceparent"] = f"00-{trace_id}-{new_span_id()}-{call.flags}"
+            call.headers["traceparent"] = f"{trace_head}{new_span_id()}{call.trace_tail}"
         acquire = self._acquire
         if acquire is not None:
             acquire(instance)
@@ -551,21 +569,19 @@ class ServiceClient:
         return guard
 
     async def _send(self, call: _Call, instance: Instance, base: str) -> Response:
-        session = self._session
-        if session is None:
-            session = self._open_session()
+        request = self._request
+        if request is None:
+            request = self._open_session()
         url = base + call.path
         method = call.method
         try:
-            async with session.request(
-                method,
-                url,
-                params=call.params,
-                headers=call.headers,
-                data=call.body,
-                **self._per_request,
-            ) as answer:
-                body = await answer.read()
+            # Awaited rather than ``async with``: read() returns the connection to the pool
+            # once the whole body is in (and closes it if reading fails), so the context
+            # manager's exit (release, wait_for_close: six calls) would only repeat that.
+            answer = await request(
+                method, url, params=call.params, headers=call.headers, data=call.body
+            )
+            body = await answer.read()
         except aiohttp.ConnectionTimeoutError:
             raise ConnectTimeoutError(self.connect_timeout, base) from None
         except aiohttp.ClientConnectorError as exc:
@@ -581,7 +597,7 @@ class ServiceClient:
             raise response.error(self._clock.now())
         return response
 
-    def _open_session(self) -> aiohttp.ClientSession:
+    def _open_session(self) -> _Request:
         # Opened on first use: aiohttp needs the running loop, which __init__ may not have.
         connector = aiohttp.TCPConnector(
             limit=self.pool_size,
@@ -589,4 +605,5 @@ class ServiceClient:
             ttl_dns_cache=int(self.dns_cache_ttl),
         )
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._request_timeout)
-        return self._session
+        self._request = self._session.request
+        return self._request

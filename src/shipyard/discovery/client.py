@@ -81,6 +81,16 @@ class Discovery:
             return entry.instances
         return await self._first_lookup(service)
 
+    def instances_nowait(self, service: str) -> tuple[Instance, ...] | None:
+        """``instances`` answered from the cache without a coroutine, for hot paths: a
+        lookup like any other (the service stays watched), or ``None`` when ``service`` is
+        not cached yet (then ``await instances(service)``)."""
+        entry = self._entries.get(service)
+        if entry is None:
+            return None
+        entry.used = True
+        return entry.instances
+
     def cached(self, service: str) -> tuple[Instance, ...] | None:
         """The cached instances of ``service`` without touching the registry (None if unknown)."""
         entry = self._entries.get(service)

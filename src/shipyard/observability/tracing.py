@@ -26,13 +26,14 @@ _random_bits = random.getrandbits
 def new_span_id() -> str:
     """16 random hex digits, never all zero (which W3C reserves as invalid)."""
     # Span and trace ids must be unique, not secret: the Mersenne Twister is plenty and
-    # costs a fraction of an os.urandom system call on every outgoing request.
-    return f"{_random_bits(64) or 1:016x}"
+    # costs a fraction of an os.urandom system call on every outgoing request. bytes.hex()
+    # is about twice as fast as the format spec "016x" on the same (zero-padded) digits.
+    return (_random_bits(64) or 1).to_bytes(8, "big").hex()
 
 
 def new_trace_id() -> str:
     """32 random hex digits, never all zero."""
-    return f"{_random_bits(128) or 1:032x}"
+    return (_random_bits(128) or 1).to_bytes(16, "big").hex()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import functools
 import inspect
 import random as _random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import CoroutineType
 from typing import Any, Literal, cast, overload
 
 from shipyard.core import validation
-from shipyard.core.clock import SYSTEM_CLOCK, Clock
+from shipyard.core.clock import SYSTEM_CLOCK, Clock, SystemClock
 from shipyard.core.errors import ConfigError
 from shipyard.core.events import EventPublisher
 from shipyard.resilience.backoff import JITTERS, Jitter, backoff_delay
@@ -229,21 +230,18 @@ class Retry(Policy):
         return self._retry_sync(inner, fn, args, kwargs, error, started)
 
     def _stage_async(self, next_stage: AsyncInvoker) -> AsyncInvoker:
-        """A pipeline stage whose first attempt is a plain ``try``, like the decorator.
-
-        Only without budget and deadline: then the first attempt needs no bookkeeping.
-        """
-        if self._budget is not None or self._deadline is not None:
-            return super()._stage_async(next_stage)
+        """A pipeline stage whose first attempt is a plain ``try``, like the decorator."""
         retry_async = self._retry_async
+        start = self._starter()
 
         async def retry_stage(fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> Any:
+            started = 0.0 if start is None else start()
             try:
                 return await next_stage(fn, args, kwargs)
             except Exception as exc:
                 error = exc
             # Outside the except block, so later errors do not chain to this one.
-            return await retry_async(next_stage, fn, args, kwargs, error, 0.0)
+            return await retry_async(next_stage, fn, args, kwargs, error, started)
 
         return retry_stage
 
@@ -255,8 +253,9 @@ class Retry(Policy):
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` under this retry; ``fn`` may be sync or async."""
-        if self._budget is not None or self._deadline is not None:
-            return await self._run_async(invoke_any, fn, args, kwargs)
+        if self._budget is not None:
+            self._budget.deposit()
+        started = 0.0 if self._deadline is None else self._clock.monotonic()
         try:
             result = fn(*args, **kwargs)
             # Checking the exact coroutine type first skips inspect's slower generic test.
@@ -265,24 +264,26 @@ class Retry(Policy):
             return result
         except Exception as exc:
             error = exc
-        return await self._retry_async(invoke_any, fn, args, kwargs, error, 0.0)
+        return await self._retry_async(invoke_any, fn, args, kwargs, error, started)
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
-        """Decorate ``fn``. Without budget or deadline the wrapper calls ``fn`` directly,
-        so a call that succeeds costs one extra frame and a ``try``."""
-        if self._budget is not None or self._deadline is not None:
-            return super().__call__(fn)
+        """Decorate ``fn``. The wrapper calls ``fn`` directly, so a call that succeeds
+        costs one extra frame and a ``try`` (plus a clock read with a ``deadline``)."""
+        start = self._starter()
         if is_async_callable(fn):
             retry_async = self._retry_async
             coroutine_fn = cast(Callable[..., Awaitable[Any]], fn)
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                started = 0.0 if start is None else start()
                 try:
                     return await coroutine_fn(*args, **kwargs)
                 except Exception as exc:
                     error = exc
-                return await retry_async(invoke_coroutine_function, fn, args, kwargs, error, 0.0)
+                return await retry_async(
+                    invoke_coroutine_function, fn, args, kwargs, error, started
+                )
 
             return cast(Callable[P, T], async_wrapper)
 
@@ -290,11 +291,12 @@ class Retry(Policy):
 
         @functools.wraps(fn)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = 0.0 if start is None else start()
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
                 error = exc
-            return retry_sync(invoke_sync, fn, args, kwargs, error, 0.0)
+            return retry_sync(invoke_sync, fn, args, kwargs, error, started)
 
         return cast(Callable[P, T], sync_wrapper)
 
@@ -304,6 +306,16 @@ class Retry(Policy):
         if budget is not None:
             budget.deposit()
         return 0.0 if self._deadline is None else self._clock.monotonic()
+
+    def _starter(self) -> Callable[[], float] | None:
+        """What a wrapped call runs before its first attempt, decided once: nothing without
+        budget and deadline, the bare clock with only a deadline, else ``_start``."""
+        if self._budget is not None:
+            return self._start
+        if self._deadline is None:
+            return None
+        # The system clock's own reading, without its method's frame.
+        return time.monotonic if type(self._clock) is SystemClock else self._clock.monotonic
 
     # -- after a failure ----------------------------------------------------------------
 
