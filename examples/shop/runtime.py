@@ -26,7 +26,6 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from examples.shop.breakers import BreakerExport
 from examples.shop.contracts import shop_registry
 from examples.shop.pools import inbox_pools, service_pools
 from examples.shop.settings import ShopSettings
@@ -94,7 +93,6 @@ class ShopRuntime:
         self.idempotency_store: SqlIdempotencyStore | None = None
         self._discovery: Discovery | None = None
         self._service: Service | None = None
-        self._breaker_export: BreakerExport | None = None
 
     # -- declaring ----------------------------------------------------------------------
 
@@ -174,6 +172,9 @@ class ShopRuntime:
                 service, discovery=self.discovery, policy=policy, timeout=timeout, outlier=outlier
             )
             self._clients[service] = client
+            if self._service is not None and self._service.metrics is not None:
+                # Every breaker on /metrics from its first call: the dashboard shows them.
+                client.watch_breakers(self._service.watch)
         return client
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -244,12 +245,10 @@ class ShopRuntime:
         for hook in self._on_open:
             await hook()
         if self._service is not None and self._service.metrics is not None:
-            # The bulkheads and breakers on /metrics, for the dashboard.
+            # The bulkheads on /metrics, for the dashboard.
             self._service.watch_database(self.name, db)
             if self._inbox is not None:
                 self._service.watch_database(f"{self.name}-inbox", self._inbox)
-            self._breaker_export = BreakerExport(self._clients, self._service)
-            self._breaker_export.start()
         if self.bus is not None:
             for hook in self._before_consuming:
                 await hook()
@@ -264,8 +263,6 @@ class ShopRuntime:
         for hook in self._on_close:
             with contextlib.suppress(Exception):
                 await hook()
-        if self._breaker_export is not None:
-            await self._breaker_export.stop()
         if self.bus is not None:
             await self.bus.stop()
         for relay in self._relays:

@@ -34,7 +34,7 @@ from shipyard.discovery import (
     StaticBackend,
 )
 from shipyard.discovery.registry import RegistryServer
-from shipyard.resilience import CallTimeoutError, CircuitOpenError, Fallback
+from shipyard.resilience import CallTimeoutError, CircuitBreaker, CircuitOpenError, Fallback
 
 from .conftest import SERVICE, StartUpstreams, Upstream, closed_port, discovery_for
 
@@ -173,6 +173,35 @@ async def test_a_failing_instance_opens_its_own_breaker_while_the_service_keeps_
     assert service_breaker.state == "closed"
     assert len(a.seen) == 2  # once open, a gets no more traffic
     assert len(b.seen) + len(c.seen) == 12
+
+
+async def test_watch_breakers_hands_over_existing_breakers_then_each_new_one_unused(
+    start_upstreams: StartUpstreams,
+) -> None:
+    a, b = await start_upstreams(2)
+    policy = {**RETRY_ONLY, "circuit_breaker": {}, "instance_circuit_breaker": {}}
+    async with client_for(a, b, policy=policy, outlier=False) as client:
+        await client.get("/items")  # the first instance breaker exists before watching
+        handed: list[tuple[str, int]] = []  # (breaker, calls it had seen when handed over)
+
+        def watch(breaker: CircuitBreaker) -> None:
+            handed.append((breaker.name, breaker.metrics.calls))
+
+        stop = client.watch_breakers(watch)
+        existing = list(handed)
+        while len(client.instance_breakers) < 2:
+            await client.get("/items")
+        stop()
+        await client.get("/items")
+        service_breaker = client.service_breaker
+        instances = set(client.instance_breakers)
+    assert service_breaker is not None
+    assert len(existing) == 2  # the service breaker and the instance called so far
+    assert existing[0] == (service_breaker.name, 1)
+    first_instance = existing[1][0]
+    (other,) = {f"{SERVICE}/{i}" for i in instances} - {first_instance}
+    # The other instance's breaker is handed over at creation, before any call went through.
+    assert handed[2:] == [(other, 0)]
 
 
 async def test_the_service_breaker_opens_when_every_instance_fails(

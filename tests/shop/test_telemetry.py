@@ -350,10 +350,8 @@ async def test_payments_shows_the_breaker_of_the_provider_instance_it_called(
     (provider,) = instances(observed.settled, "payment-provider")
     (payments,) = instances(observed.breaker_open, "payments")
     per_instance = {b.name: b for b in payments.breakers}[f"payment-provider/{provider.id}"]
-    # Counted from when the runtime exported it (within a second of the first call).
     assert per_instance.failures > 0
-    assert per_instance.failure_rate is not None
-    assert per_instance.failure_rate > 0
+    assert per_instance.successes >= len(observed.good)  # counted from its first call
 
 
 async def test_every_database_shows_its_bulkhead_pools(observed: Observed) -> None:

@@ -216,6 +216,7 @@ class ServiceClient:
         # no sync/async checks and allocates no chain (Polly's "decide at build time").
         self._run = self._plan.chain(self._attempt)
         self._run_once = self._plan.chain_without_retry(self._attempt)
+        self._breaker_watchers: list[Callable[[CircuitBreaker], object]] = []
         self._closed = False
 
     def __repr__(self) -> str:
@@ -232,6 +233,25 @@ class ServiceClient:
     def instance_breakers(self) -> dict[str, CircuitBreaker]:
         """Each called instance's own breaker, by instance id (a snapshot)."""
         return {i: g.breaker for i, g in self._guards.items() if g.breaker is not None}
+
+    def watch_breakers(self, watcher: Callable[[CircuitBreaker], object]) -> Callable[[], None]:
+        """Call ``watcher`` with each breaker of this client: the service breaker and the
+        instance breakers there are now, then each instance breaker as it is created (on
+        the first call to that instance) — e.g. ``client.watch_breakers(service.watch)``
+        exports them all on ``/metrics`` from their first call. Returns the way to stop."""
+        if not callable(watcher):
+            raise ConfigError("watcher", watcher, "must be callable with a CircuitBreaker")
+        self._breaker_watchers.append(watcher)
+        if self._plan.service_breaker is not None:
+            watcher(self._plan.service_breaker)
+        for breaker in self.instance_breakers.values():
+            watcher(breaker)
+
+        def stop() -> None:
+            if watcher in self._breaker_watchers:
+                self._breaker_watchers.remove(watcher)
+
+        return stop
 
     # -- the verbs ------------------------------------------------------------------------
 
@@ -560,6 +580,8 @@ class ServiceClient:
         if plan.instance_breaker is not None:
             name = f"{self.service}/{instance.id}"
             breaker = instance_breaker(plan.instance_breaker, name, self._clock)
+            for watcher in self._breaker_watchers:
+                watcher(breaker)
         stages: list[Any] = [breaker] if breaker is not None else []
         if plan.attempt_timeout is not None:
             stages.append(Timeout(plan.attempt_timeout, clock=self._clock))
