@@ -121,3 +121,23 @@ def test_two_types_cannot_share_an_event_name() -> None:
 
     with pytest.raises(ValueError, match="already registered"):
         registry.register(Impostor)
+
+
+def test_event_ids_are_time_ordered_uuid7s() -> None:
+    import time
+    import uuid
+
+    before = time.time_ns() // 1_000_000
+    ids = [OrderPlacedForIds().id for _ in range(300)]  # more than one stock of bytes
+    after = time.time_ns() // 1_000_000
+    parsed = [uuid.UUID(i) for i in ids]
+    assert {u.version for u in parsed} == {7}
+    assert {u.variant for u in parsed} == {uuid.RFC_4122}
+    assert len(set(ids)) == len(ids)
+    stamps = [u.int >> 80 for u in parsed]  # the 48-bit millisecond timestamp
+    assert stamps == sorted(stamps)
+    assert before <= stamps[0] <= stamps[-1] <= after
+
+
+class OrderPlacedForIds(Event):
+    pass
