@@ -19,7 +19,10 @@ PostgreSQL (default ``synchronous_commit=on``). Work, per backend:
 The library has no catch-up subscription on SQLite, so its projection here is a loop over
 its public notification log and mapper doing the same upsert per event: a generous
 baseline. Everything fsync-bound swings with other load on the machine; the rounds are
-interleaved so that it hits all contenders alike. ``BENCH_ES_AGGREGATES`` and
+interleaved so that it hits all contenders alike. Before the first round every contender
+does a short untimed warm-up (connections, prepared statements, fresh tables), and on
+PostgreSQL a ``CHECKPOINT`` first flushes what creating the scratch databases wrote, so
+neither lands on whichever contender happens to be timed first. ``BENCH_ES_AGGREGATES`` and
 ``BENCH_ES_CONCURRENCY`` shrink or reshape the run (default run: about 2-3 minutes on an
 idle machine, longer when the disk is busy).
 
@@ -58,7 +61,9 @@ from shipyard.storage import Transaction, open_database
 AGGREGATES = int(os.environ.get("BENCH_ES_AGGREGATES", "5000"))
 CONCURRENCY = int(os.environ.get("BENCH_ES_CONCURRENCY", "64"))
 SEQUENTIAL_SHARE = 5  # one-at-a-time saves run on 1/5 of the aggregates
-ROUNDS = 5
+WARM_UP = 20  # aggregates each contender appends, untimed, before the first round
+WARM_UP_IDS = 10**9  # far from the timed ids
+ROUNDS = 20  # finely interleaved: a burst of disk load elsewhere hits every contender
 EVENTS_PER_AGGREGATE = 5
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -351,8 +356,8 @@ class Clockwork:
         return self.events[case] / self.seconds[case]
 
 
-def _rounds(total: int) -> list[range]:
-    step = max(total // ROUNDS, 1)
+def _rounds(total: int, rounds: int = ROUNDS) -> list[range]:
+    step = max(total // rounds, 1)
     return [range(start, min(start + step, total)) for start in range(0, total, step)]
 
 
@@ -363,6 +368,12 @@ async def compare(
     processes' fsyncs, CPU frequency) hits every contender alike."""
     clock = Clockwork()
     per_aggregate = EVENTS_PER_AGGREGATE
+    warm = range(WARM_UP_IDS, WARM_UP_IDS + WARM_UP)
+    warm_seq = range(warm.stop, warm.stop + WARM_UP // SEQUENTIAL_SHARE)
+    await ours.append(warm, CONCURRENCY)
+    await ours.append(warm_seq, 1)
+    lib.append(warm)
+    await _maybe_await(raw_append(warm))
     sequential_base = AGGREGATES  # ids of the one-at-a-time run follow the others
     for chunk in _rounds(AGGREGATES):
         events = len(chunk) * per_aggregate
@@ -372,15 +383,18 @@ async def compare(
         await clock.time("ours one at a time", len(seq) * per_aggregate, ours.append(seq, 1))
         await clock.time("lib append", events, functools.partial(lib.append, chunk))
         await clock.time("raw append", events, functools.partial(raw_append, chunk))
-    for chunk in _rounds(AGGREGATES):
+    # Replay rounds hold at least 100 aggregates: load_many reads 100 per query.
+    for chunk in _rounds(AGGREGATES, min(ROUNDS, max(AGGREGATES // 100, 1))):
         events = len(chunk) * per_aggregate
         await clock.time("ours replay", events, ours.replay(chunk))
         await clock.time("ours replay concurrent", events, ours.replay_concurrently(chunk, 16))
         await clock.time("ours replay many", events, ours.replay_many(chunk))
         await clock.time("lib replay", events, functools.partial(lib.replay, chunk))
-    total = AGGREGATES * per_aggregate + (sequential_base - AGGREGATES) * per_aggregate
-    await clock.time("ours projection", total, ours.project(total))
-    await clock.time("lib projection", AGGREGATES * per_aggregate, lib.project)
+    # Every event in each store, the warm-up's included, goes through its projection.
+    ours_total = (sequential_base + len(warm) + len(warm_seq)) * per_aggregate
+    await clock.time("ours projection", ours_total, ours.project(ours_total))
+    lib_total = (AGGREGATES + len(warm)) * per_aggregate
+    await clock.time("lib projection", lib_total, lib.project)
     raw = clock.rate("raw append")
     return {
         "append": (clock.rate("ours append"), clock.rate("lib append"), raw),
@@ -394,6 +408,24 @@ async def compare(
         "replay, load_many(100)": (clock.rate("ours replay many"), clock.rate("lib replay"), None),
         "projection": (clock.rate("ours projection"), clock.rate("lib projection"), None),
     }
+
+
+async def _maybe_await(result: Any) -> None:
+    if asyncio.iscoroutine(result):
+        await result
+
+
+async def _checkpoint() -> None:
+    """Flush what creating the scratch databases wrote (best effort: needs superuser)."""
+    import asyncpg
+
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute("CHECKPOINT")
+    except asyncpg.PostgresError:
+        pass
+    finally:
+        await admin.close()
 
 
 async def _scratch_database(name: str) -> str:
@@ -494,6 +526,7 @@ def main() -> None:
         print(f"\nPostgreSQL skipped: {error}")
         return
     try:
+        asyncio.run(_checkpoint())
         asyncio.run(_postgres(names, urls))
     finally:
         for name in names:

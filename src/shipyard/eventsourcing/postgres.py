@@ -26,15 +26,47 @@ they never skip).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from shipyard.eventsourcing.store import EVENTS, SNAPSHOTS, STREAMS, SqlEventStore, StoredEvent
+from shipyard.core import ConfigError
+from shipyard.eventsourcing.errors import ConcurrencyError
+from shipyard.eventsourcing.store import (
+    EVENTS,
+    SNAPSHOTS,
+    STREAMS,
+    Commit,
+    NewEvent,
+    SqlEventStore,
+    StoredEvent,
+)
 from shipyard.storage import Database, Transaction
+from shipyard.storage.group_commit import WriteAlone
 
 _AFTER = (
     f"(tx_id, position) > (COALESCE((SELECT tx_id FROM {EVENTS} WHERE position = ?), '0'::xid8), ?)"
 )
 _FINAL = "tx_id < pg_snapshot_xmin(pg_current_snapshot())"
+_VERSION_SQL = f"SELECT version FROM {STREAMS} WHERE stream_id = ?"
+
+# An append is ONE statement (one round trip): move the stream's version with a
+# compare-and-set, then insert the events only if it moved; the answer is how many went
+# in (0: the stream was not at the expected version, nothing written). Creating a stream
+# inserts its row; ON CONFLICT DO NOTHING makes a second creator find no row to move.
+_ADD_EVENTS = f"""added AS (
+    INSERT INTO {EVENTS} (stream_id, version, event_id, name, body, recorded_at)
+    SELECT ?, ?::bigint + e.ord, e.event_id, e.name, e.body, ?
+    FROM unnest(?::text[], ?::text[], ?::bytea[]) WITH ORDINALITY AS e(event_id, name, body, ord)
+    WHERE EXISTS (SELECT FROM moved) ORDER BY e.ord RETURNING 1
+)
+SELECT count(*) FROM added"""
+_CREATE = f"""WITH moved AS (
+    INSERT INTO {STREAMS} (stream_id, version) VALUES (?, ?)
+    ON CONFLICT (stream_id) DO NOTHING RETURNING version
+), {_ADD_EVENTS}"""
+_MOVE = f"""WITH moved AS (
+    UPDATE {STREAMS} SET version = ? WHERE stream_id = ? AND version = ? RETURNING version
+), {_ADD_EVENTS}"""
 
 
 class PostgresEventStore(SqlEventStore):
@@ -53,6 +85,61 @@ class PostgresEventStore(SqlEventStore):
     def __init__(self, db: Database, **options: Any) -> None:
         options.setdefault("group_commit", 4)
         super().__init__(db, **options)
+
+    def _append_statement(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
+    ) -> tuple[Any, ...]:
+        """The append's statement and its parameters."""
+        if expected_version < 0:
+            raise ConfigError("expected_version", expected_version, "must be >= 0")
+        added = (
+            stream_id,
+            expected_version,
+            self._clock.now(),
+            [event.event_id for event in events],
+            [event.name for event in events],
+            [event.body for event in events],
+        )
+        new_version = expected_version + len(events)
+        if expected_version == 0:
+            return (_CREATE, stream_id, new_version, *added)
+        return (_MOVE, new_version, stream_id, expected_version, *added)
+
+    async def append_in(
+        self, tx: Transaction, stream_id: str, events: Sequence[NewEvent], expected_version: int
+    ) -> int:
+        """Compare-and-set the stream version and insert ``events``, in one statement."""
+        statement = self._append_statement(stream_id, events, expected_version)
+        if not events:
+            return expected_version
+        row = await tx.fetchone(*statement)
+        if row is None or not row[0]:
+            row = await tx.fetchone(_VERSION_SQL, stream_id)
+            raise ConcurrencyError(stream_id, expected_version, 0 if row is None else row[0])
+        if self._listeners:
+            tx.after_commit(self._notify)
+        return expected_version + len(events)
+
+    def _alone_writer(self) -> WriteAlone[Commit, int] | None:
+        return None if self._statement is None else self._write_alone
+
+    def _write_alone(self, commit: Commit) -> Awaitable[int] | None:
+        # Extra writes (snapshot, outbox) need the transaction.
+        if commit.extra is not None or not commit.events:
+            return None
+        return self._append_alone(commit)
+
+    async def _append_alone(self, commit: Commit) -> int:
+        """A lone append as ONE statement, a transaction by itself (one round trip)."""
+        assert self._statement is not None
+        statement = self._append_statement(commit.stream_id, commit.events, commit.expected_version)
+        rows = await self._statement(*statement)
+        if not rows[0][0]:
+            actual = await self.stream_version(commit.stream_id)
+            raise ConcurrencyError(commit.stream_id, commit.expected_version, actual)
+        if self._listeners:
+            self._notify()
+        return commit.expected_version + len(commit.events)
 
     async def read_all_in(
         self, tx: Transaction, after_position: int, limit: int

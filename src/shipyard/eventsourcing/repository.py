@@ -42,12 +42,12 @@ from shipyard.eventsourcing.aggregate import Aggregate
 from shipyard.eventsourcing.errors import AggregateNotFoundError, UnregisteredEventError
 from shipyard.eventsourcing.store import (
     EVENTS,
-    SNAPSHOTS,
     Commit,
     EventStore,
     NewEvent,
     Snapshot,
     StoredEvent,
+    load_in,
 )
 from shipyard.messaging import Event, EventRegistry, Outbox, UnknownEventError
 from shipyard.storage import Transaction
@@ -248,9 +248,6 @@ class Repository(Generic[A]):
         return extra
 
 
-_EVENT_COLUMNS = "position, stream_id, version, event_id, name, body"
-
-
 async def _load_in(
     tx: Transaction, stream_id: str, with_snapshot: bool
 ) -> tuple[Snapshot | None, list[StoredEvent]]:
@@ -259,18 +256,11 @@ async def _load_in(
     The same reads as the store's ``load`` / ``read_stream``, which open their own
     transaction; the port has no variant taking the caller's one yet.
     """
-    snapshot = None
     if with_snapshot:
-        row = await tx.fetchone(
-            f"SELECT stream_id, version, kind, state FROM {SNAPSHOTS} WHERE stream_id = ?",
-            stream_id,
-        )
-        if row is not None:
-            snapshot = Snapshot(row[0], row[1], row[2], bytes(row[3]))
+        return await load_in(tx, stream_id)
     rows = await tx.fetch(
-        f"SELECT {_EVENT_COLUMNS} FROM {EVENTS} WHERE stream_id = ? AND version > ?"
-        " ORDER BY version",
+        f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
+        " WHERE stream_id = ? ORDER BY version",
         stream_id,
-        0 if snapshot is None else snapshot.version,
     )
-    return snapshot, [StoredEvent(*row) for row in rows]
+    return None, [StoredEvent(*row) for row in rows]

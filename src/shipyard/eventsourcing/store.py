@@ -2,14 +2,16 @@
 
 Events are stored as the messaging envelope (``{"name", "version", "data"}`` bytes from
 :meth:`~shipyard.messaging.EventRegistry.encode`), so the same bytes feed the outbox and
-upcasting on read goes through the registry. The default append (used on PostgreSQL) keeps a
-stream's current version in a small ``es_streams`` row that each append moves with a
-compare-and-set (``UPDATE ... WHERE version = expected``): a stale writer matches no row
-and writes nothing, and the row lock orders concurrent appenders of ONE stream only. The
-SQLite store checks versions with constraints instead (see ``sqlite.py``).
+upcasting on read goes through the registry. The PostgreSQL store keeps a stream's current
+version in a small ``es_streams`` row that each append moves with a compare-and-set
+(``UPDATE ... WHERE version = expected``): a stale writer matches no row and writes
+nothing, and the row lock orders concurrent appenders of ONE stream only. The SQLite store
+checks versions with constraints instead (see ``sqlite.py``).
 
-The SQL shared by both dialects is here; ``sqlite.py`` and ``postgres.py`` add the schema and
-the global-order read, which is where the two differ.
+The SQL shared by both dialects is here (the reads, snapshots, group commit); ``sqlite.py``
+and ``postgres.py`` add the schema, the append and the global-order read, which is where
+the two differ. A load is one statement (the snapshot row first, then the events after
+it), so it costs one round trip and sees one consistent state.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any, Protocol
 
 import msgspec
 
-from shipyard.core import SYSTEM_CLOCK, Clock, ConfigError
+from shipyard.core import SYSTEM_CLOCK, Clock
 from shipyard.eventsourcing.errors import ConcurrencyError
-from shipyard.storage import Database, GroupCommitter, Transaction
+from shipyard.storage import Database, GroupCommitter, Row, Transaction
+from shipyard.storage.group_commit import DeferredOutcome, WriteAlone
 
 EVENTS = "es_events"
 STREAMS = "es_streams"
@@ -146,10 +149,29 @@ class SqlEventStore:
         self._db = db
         self._clock = clock
         self._listeners: tuple[Callable[[], None], ...] = ()
+        # A database that runs one statement as a transaction of its own (PostgreSQL's
+        # ``statement``) saves two round trips on each one-statement read or append.
+        self._statement: Callable[..., Awaitable[list[Row]]] | None = getattr(db, "statement", None)
         # Appends that queue up behind a running transaction share the next one.
         self._committer: GroupCommitter[Commit, int] = GroupCommitter(
-            db, self._write_batch, transactions=group_commit, max_batch=max_batch
+            db,
+            self._write_batch,
+            transactions=group_commit,
+            max_batch=max_batch,
+            alone=self._alone_writer(),
         )
+
+    def _alone_writer(self) -> WriteAlone[Commit, int] | None:
+        """How a lone append is written without a transaction, if the dialect can."""
+        return None
+
+    async def _query(self, sql: str, *params: Any) -> list[Row]:
+        """One read statement: on its own where the database can, else in a read-only
+        transaction."""
+        if self._statement is not None:
+            return await self._statement(sql, *params)
+        async with self._db.transaction(readonly=True) as tx:
+            return await tx.fetch(sql, *params)
 
     @property
     def db(self) -> Database:
@@ -185,12 +207,12 @@ class SqlEventStore:
 
     async def _write_batch(
         self, tx: Transaction, commits: Sequence[Commit]
-    ) -> list[int | Exception]:
+    ) -> list[int | Exception | DeferredOutcome[int]]:
         # The version check runs before anything is written, so a stale append is answered
         # with ConcurrencyError and simply leaves the batch. One lock order for every batch,
         # so two PostgreSQL batches never deadlock on rows of the same streams; sorted() is
         # stable, so one stream's appends keep arrival order.
-        outcomes: list[int | Exception] = [0] * len(commits)
+        outcomes: list[int | Exception | DeferredOutcome[int]] = [0] * len(commits)
         for i in sorted(range(len(commits)), key=lambda i: commits[i].stream_id):
             commit = commits[i]
             try:
@@ -207,47 +229,8 @@ class SqlEventStore:
     async def append_in(
         self, tx: Transaction, stream_id: str, events: Sequence[NewEvent], expected_version: int
     ) -> int:
-        """Compare-and-set the stream version, then insert ``events`` — all in ``tx``."""
-        if expected_version < 0:
-            raise ConfigError("expected_version", expected_version, "must be >= 0")
-        if not events:
-            return expected_version
-        new_version = expected_version + len(events)
-        if expected_version == 0:
-            moved = await tx.fetchone(
-                f"INSERT INTO {STREAMS} (stream_id, version) VALUES (?, ?)"
-                " ON CONFLICT (stream_id) DO NOTHING RETURNING version",
-                stream_id,
-                new_version,
-            )
-        else:
-            moved = await tx.fetchone(
-                f"UPDATE {STREAMS} SET version = ? WHERE stream_id = ? AND version = ?"
-                " RETURNING version",
-                new_version,
-                stream_id,
-                expected_version,
-            )
-        if moved is None:
-            row = await tx.fetchone(f"SELECT version FROM {STREAMS} WHERE stream_id = ?", stream_id)
-            raise ConcurrencyError(stream_id, expected_version, 0 if row is None else row[0])
-        now = self._clock.now()
-        version = expected_version
-        rows: list[tuple[Any, ...]] = []
-        for event in events:
-            version += 1
-            rows.append((stream_id, version, event.event_id, event.name, event.body, now))
-        sql = (
-            f"INSERT INTO {EVENTS} (stream_id, version, event_id, name, body, recorded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
-        )
-        if len(rows) == 1:
-            await tx.execute(sql, *rows[0])
-        else:
-            await tx.executemany(sql, rows)
-        if self._listeners:
-            tx.after_commit(self._notify)
-        return new_version
+        """Append ``events`` in ``tx`` (the dialect's statements, see the subclasses)."""
+        raise NotImplementedError
 
     async def save_snapshot_in(self, tx: Transaction, snapshot: Snapshot) -> None:
         """Upsert the stream's snapshot in ``tx``."""
@@ -278,13 +261,12 @@ class SqlEventStore:
 
     async def read_stream(self, stream_id: str, from_version: int = 1) -> list[StoredEvent]:
         """Events of ``stream_id`` from ``from_version`` on, in version order."""
-        async with self._db.transaction(readonly=True) as tx:
-            rows = await tx.fetch(
-                f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
-                " WHERE stream_id = ? AND version >= ? ORDER BY version",
-                stream_id,
-                from_version,
-            )
+        rows = await self._query(
+            f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
+            " WHERE stream_id = ? AND version >= ? ORDER BY version",
+            stream_id,
+            from_version,
+        )
         return [StoredEvent(*row) for row in rows]
 
     async def read_streams(self, stream_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
@@ -293,12 +275,11 @@ class SqlEventStore:
         if not stream_ids:
             return found
         marks = ",".join("?" * len(stream_ids))
-        async with self._db.transaction(readonly=True) as tx:
-            rows = await tx.fetch(
-                f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
-                f" WHERE stream_id IN ({marks}) ORDER BY stream_id, version",
-                *stream_ids,
-            )
+        rows = await self._query(
+            f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
+            f" WHERE stream_id IN ({marks}) ORDER BY stream_id, version",
+            *stream_ids,
+        )
         for row in rows:
             event = StoredEvent(*row)
             stream = found.get(event.stream_id)
@@ -327,25 +308,40 @@ class SqlEventStore:
 
     async def stream_version(self, stream_id: str) -> int:
         """Current version of ``stream_id`` (0 if it does not exist)."""
-        async with self._db.transaction(readonly=True) as tx:
-            row = await tx.fetchone(f"SELECT version FROM {STREAMS} WHERE stream_id = ?", stream_id)
-        return 0 if row is None else int(row[0])
+        rows = await self._query(f"SELECT version FROM {STREAMS} WHERE stream_id = ?", stream_id)
+        return int(rows[0][0]) if rows else 0
 
     async def load(self, stream_id: str) -> tuple[Snapshot | None, list[StoredEvent]]:
-        """Latest snapshot of ``stream_id`` and the events after it, in one transaction."""
-        async with self._db.transaction(readonly=True) as tx:
-            snap = await tx.fetchone(
-                f"SELECT stream_id, version, kind, state FROM {SNAPSHOTS} WHERE stream_id = ?",
-                stream_id,
-            )
-            snapshot = None if snap is None else Snapshot(snap[0], snap[1], snap[2], bytes(snap[3]))
-            rows = await tx.fetch(
-                f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
-                " WHERE stream_id = ? AND version > ? ORDER BY version",
-                stream_id,
-                0 if snapshot is None else snapshot.version,
-            )
-        return snapshot, [StoredEvent(*row) for row in rows]
+        """Latest snapshot of ``stream_id`` and the events after it, in one statement."""
+        return split_load(await self._query(_LOAD_SQL, stream_id, stream_id, stream_id))
+
+
+# The snapshot (a row without a position) and the events after it; ordering by version
+# puts the snapshot first, since every event returned has a higher version.
+_LOAD_SQL = (
+    f"SELECT NULL, stream_id, version, kind, NULL, state FROM {SNAPSHOTS} WHERE stream_id = ?"
+    " UNION ALL"
+    f" SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
+    " WHERE stream_id = ? AND version >"
+    f" COALESCE((SELECT version FROM {SNAPSHOTS} WHERE stream_id = ?), 0)"
+    " ORDER BY 3"
+)
+
+
+async def load_in(tx: Transaction, stream_id: str) -> tuple[Snapshot | None, list[StoredEvent]]:
+    """The stream's latest snapshot and the events after it, read in ``tx`` (one query)."""
+    return split_load(await tx.fetch(_LOAD_SQL, stream_id, stream_id, stream_id))
+
+
+def split_load(rows: Sequence[Row]) -> tuple[Snapshot | None, list[StoredEvent]]:
+    """One stream's rows of a load query: the snapshot row (no position) first, if any."""
+    snapshot = None
+    start = 0
+    if rows and rows[0][0] is None:
+        first = rows[0]
+        snapshot = Snapshot(first[1], first[2], first[3], bytes(first[5]))
+        start = 1
+    return snapshot, [StoredEvent(*row) for row in rows[start:]]
 
 
 async def open_event_store(db: Database, **options: Any) -> SqlEventStore:

@@ -13,6 +13,15 @@ version conflict). Any error the batch writer raises (a bad row, a database erro
 the batch back and every item in it runs again in a transaction of its own, so only the
 culprit fails.
 
+A lone item can skip the transaction altogether: with ``alone``, an item that finds
+nothing queued is written by ``alone(item)`` — on PostgreSQL one statement that is a
+transaction by itself, one round trip instead of BEGIN, the write and COMMIT.
+
+A batch writer may also leave an item's work to the commit itself (SQLite's deferred
+writes, so a whole batch is one trip to the database thread): it answers that item with a
+:class:`DeferredOutcome` that the deferred work fills in, and which is read once the
+transaction has committed.
+
 Used by the event store (``shipyard.eventsourcing``) and the saga log (``shipyard.saga``).
 """
 
@@ -29,15 +38,36 @@ from shipyard.storage.database import Database, Transaction
 T = TypeVar("T")
 R = TypeVar("R")
 
-WriteBatch = Callable[[Transaction, Sequence[T]], Awaitable[Sequence[R | Exception]]]
+
+class DeferredOutcome(Generic[R]):
+    """An item's outcome that is known only once its transaction has committed: the work
+    deferred to the commit sets ``value`` (its result, or the exception it fails with
+    having written nothing)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: R | Exception = RuntimeError("the deferred write never ran")
+
+
+WriteBatch = Callable[
+    [Transaction, Sequence[T]], Awaitable[Sequence[R | Exception | DeferredOutcome[R]]]
+]
 """``async def write(tx, items) -> outcomes``: writes ``items`` in ``tx`` and returns one
-outcome per item, in order — its result, or the exception it fails with having written
-nothing. Raising rolls the whole batch back (each item is then retried alone)."""
+outcome per item, in order — its result, the exception it fails with having written
+nothing, or a :class:`DeferredOutcome` read after the commit. Raising rolls the whole
+batch back (each item is then retried alone)."""
+
+WriteAlone = Callable[[T], Awaitable[R] | None]
+"""``alone(item)``: an awaitable writing ``item`` on its own, without a transaction of the
+committer's (its result, or it raises having written nothing), or ``None`` when ``item``
+needs a transaction after all."""
 
 
 class GroupCommitter(Generic[T, R]):
     """Runs items through ``write`` in at most ``transactions`` concurrent transactions of
-    ``db``, each taking up to ``max_batch`` waiting items."""
+    ``db``, each taking up to ``max_batch`` waiting items; a lone item goes through
+    ``alone`` when given (see the module docstring)."""
 
     def __init__(
         self,
@@ -46,9 +76,11 @@ class GroupCommitter(Generic[T, R]):
         *,
         transactions: int = 1,
         max_batch: int = 256,
+        alone: WriteAlone[T, R] | None = None,
     ) -> None:
         self._db = db
         self._write = write
+        self._alone = alone
         self._transactions = validation.at_least("group_commit", transactions, 1)
         self._max_batch = validation.at_least("max_batch", max_batch, 1)
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
@@ -61,6 +93,15 @@ class GroupCommitter(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its outcome: its result or its error."""
+        if self._alone is not None and not self._queue and self._running < self._transactions:
+            # It would be written alone, and its first round trip commits: yield once
+            # first, so a caller cancelled as soon as it started (the moment a BEGIN
+            # would be in flight) leaves nothing written, as with a transaction.
+            await asyncio.sleep(0)
+            if not self._queue and self._running < self._transactions:
+                write = self._alone(item)
+                if write is not None:
+                    return await self._write_alone(write)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._running >= self._transactions:
@@ -82,6 +123,20 @@ class GroupCommitter(Generic[T, R]):
             else:
                 self._running -= 1
         return future.result()
+
+    async def _write_alone(self, write: Awaitable[R]) -> R:
+        # Holds a transaction slot like a leader; what queues meanwhile is drained after.
+        self._running += 1
+        try:
+            result = await write
+        finally:
+            if self._queue:
+                self._spawn_drain()  # the running slot passes to the background task
+            else:
+                self._running -= 1
+        self.transactions += 1
+        self.written += 1
+        return result
 
     def _spawn_drain(self) -> None:
         task = asyncio.create_task(self._drain())
@@ -121,6 +176,19 @@ class GroupCommitter(Generic[T, R]):
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> bool:
         """One transaction for ``batch``; False when it rolled back with more than one item
         in it (nobody answered yet), True when every item got its outcome."""
+        if len(batch) == 1 and self._alone is not None:
+            item, future = batch[0]
+            write = self._alone(item)
+            if write is not None:
+                try:
+                    result = await write
+                except Exception as error:
+                    _resolve(future, error)
+                    return True
+                self.transactions += 1
+                self.written += 1
+                _resolve(future, result)
+                return True
         try:
             async with self._db.transaction() as tx:
                 outcomes = await self._write(tx, [item for item, _ in batch])
@@ -130,7 +198,8 @@ class GroupCommitter(Generic[T, R]):
             _resolve(batch[0][1], error)
             return True
         self.transactions += 1
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
+        for (_, future), answer in zip(batch, outcomes, strict=True):
+            outcome = answer.value if isinstance(answer, DeferredOutcome) else answer
             if not isinstance(outcome, Exception):
                 self.written += 1
             _resolve(future, outcome)

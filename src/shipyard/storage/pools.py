@@ -4,7 +4,7 @@ report (``analytics``) cannot take the connections user-facing queries (``api``)
 ``open_database(url, pools={"api": {}, "analytics": {"size": 3}})`` configures them;
 ``db.transaction(pool="analytics")`` or ``db.pool("analytics").transaction()`` uses one.
 The waiting and rejecting is a :class:`~shipyard.resilience.Bulkhead` per pool; what sits
-behind a slot is the adapter's business (a separate asyncpg pool per name on PostgreSQL,
+behind a slot is the adapter's business (separate connections per name on PostgreSQL,
 separate reader connections per name on SQLite).
 """
 

@@ -5,15 +5,27 @@ Statements use ``?`` placeholders like the SQLite adapter; they are rewritten to
 without parameters is sent as is (simple query protocol), so it may hold several
 statements — that is how migration scripts run.
 
-Each named pool (see :mod:`shipyard.storage.pools`) is its own asyncpg pool of at most
-``size`` connections, so a saturated ``analytics`` pool holds none of ``api``'s
-connections; its bulkhead makes callers wait at most ``max_wait`` for one. Taking a
-connection goes through the database breaker (:mod:`shipyard.storage.monitor`).
+Each named pool (see :mod:`shipyard.storage.pools`) has its own connections, at most
+``size`` of them, so a saturated ``analytics`` pool holds none of ``api``'s connections;
+its bulkhead makes callers wait at most ``max_wait`` for one. Taking a connection goes
+through the database breaker (:mod:`shipyard.storage.monitor`).
+
+Round trips are most of a short transaction's cost, so the session reset a pooled
+connection needs before its next user (``RESET ALL``, ``UNLISTEN *``, advisory locks,
+cursors: asyncpg's reset query) travels with the transaction's ``COMMIT`` or
+``ROLLBACK``, in one simple query, instead of costing a trip of its own: a transaction is
+BEGIN, its statements, and the end. Giving the connection back is then plain bookkeeping
+(:class:`_Connections`), where asyncpg's own pool spends a task, a timer and two turns of
+the event loop on every release — about as much as a round trip.
+A transaction that needs only one statement can be :meth:`PostgresDatabase.statement`:
+PostgreSQL runs a lone statement as a transaction of its own, so that is ONE trip.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -96,26 +108,154 @@ def is_connection_failure(error: BaseException) -> bool:
     )
 
 
-async def _begin(connections: Any, readonly: bool) -> tuple[Any, Any]:
+# Idle connections beyond a pool's minimum are closed after this long (asyncpg's default).
+_MAX_IDLE = 300.0
+
+
+class _Connections:
+    """The connections behind one named pool.
+
+    The pool's bulkhead already caps how many are in use at ``size``, so taking one never
+    waits for another to come back: it is the most recently used idle one, or a new one.
+    A connection comes back with its session already reset (see :func:`_end`), so giving
+    it back is bookkeeping only; one that may not be clean (closed, still in a
+    transaction, or an operation on it failed half-way) is dropped instead. Idle
+    connections beyond ``min_size`` are closed after ``_MAX_IDLE`` seconds.
+    """
+
+    __slots__ = (
+        "_closing",
+        "_connect",
+        "_database",
+        "_drained",
+        "_idle",
+        "_in_use",
+        "_min",
+        "_timer",
+    )
+
+    def __init__(self, database: str, connect: Callable[[], Any], min_size: int) -> None:
+        self._database = database
+        self._connect = connect
+        self._min = min_size
+        self._idle: list[tuple[Any, float]] = []  # (connection, idle since), oldest first
+        self._in_use = 0
+        self._closing = False
+        self._drained: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def open(self) -> None:
+        """Open the ``min_size`` connections kept ready."""
+        now = time.monotonic()
+        for _ in range(self._min):
+            self._idle.append((await self._connect(), now))
+
+    async def acquire(self) -> Any:
+        """An idle connection, or a new one."""
+        if self._closing:
+            raise DatabaseClosedError(self._database)
+        idle = self._idle
+        while idle:
+            conn = idle.pop()[0]
+            if not conn.is_closed():
+                self._in_use += 1
+                return conn
+        conn = await self._connect()
+        self._in_use += 1
+        return conn
+
+    def release(self, conn: Any, *, clean: bool = True) -> None:
+        """Take ``conn`` back; ``clean=False`` when an operation on it did not finish."""
+        self._in_use -= 1
+        if self._closing or not clean or conn.is_closed() or conn.is_in_transaction():
+            conn.terminate()
+            if self._closing and self._in_use == 0 and self._drained is not None:
+                self._drained.set()
+            return
+        self._idle.append((conn, time.monotonic()))
+        if self._timer is None and len(self._idle) + self._in_use > self._min:
+            self._timer = asyncio.get_running_loop().call_later(_MAX_IDLE, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        idle = self._idle
+        cutoff = time.monotonic() - _MAX_IDLE
+        while idle and len(idle) + self._in_use > self._min and idle[0][1] <= cutoff:
+            idle.pop(0)[0].terminate()
+        if idle and len(idle) + self._in_use > self._min:
+            wait = max(idle[0][1] - cutoff, 0.0)
+            self._timer = asyncio.get_running_loop().call_later(wait, self._expire)
+
+    async def close(self) -> None:
+        """Close the idle connections, then wait for the ones in use to come back."""
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            await conn.close()
+        if self._in_use:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+
+
+async def _begin(connections: _Connections, readonly: bool) -> Any:
     """Borrow a connection from ``connections`` and start a transaction on it."""
     conn = await connections.acquire()
     try:
-        transaction = conn.transaction(readonly=readonly)
-        await transaction.start()
+        await conn.execute("BEGIN READ ONLY" if readonly else "BEGIN")
     except BaseException:
-        await connections.release(conn)
+        connections.release(conn, clean=False)
         raise
-    return conn, transaction
+    return conn
+
+
+async def _end(conn: Any, statement: str) -> None:
+    """``COMMIT`` or ``ROLLBACK`` with the session reset in the same trip (see the module
+    docstring), so the pool has nothing left to reset when the connection comes back."""
+    reset = conn.get_reset_query()
+    try:
+        await conn.execute(f"{statement};\n{reset}" if reset else statement)
+    except asyncpg.PostgresError:
+        # The server refused the end (the transaction is over) and skipped the reset.
+        if reset:
+            try:
+                await conn.execute(reset)
+            except BaseException:
+                conn.terminate()
+                raise
+        raise
+    except BaseException:
+        # Cancelled or cut off half-way: the session's state is unknown, so it is not
+        # handed to anyone else (the pool opens a fresh connection instead).
+        conn.terminate()
+        raise
+
+
+async def _fetch_alone(connections: _Connections, sql: str, params: tuple[Any, ...]) -> Any:
+    """Borrow a connection, run one statement outside any transaction block, give it back."""
+    conn = await connections.acquire()
+    clean = False
+    try:
+        rows = await conn.fetch(sql, *params)
+        clean = True
+        return rows
+    except asyncpg.PostgresError:
+        clean = True  # the server refused the statement; the session is fine
+        raise
+    finally:
+        connections.release(conn, clean=clean)
 
 
 class PostgresDatabase:
-    """A PostgreSQL database reached through one asyncpg pool per named pool.
+    """A PostgreSQL database reached through asyncpg connections, pooled per named pool.
 
     Without ``pools`` there is one pool, ``default``, of ``min_size``..``max_size``
-    connections where callers wait as long as it takes (asyncpg's own behaviour). With
-    ``pools`` each gets its own asyncpg pool of up to ``size`` connections (at least
-    ``min(min_size, size)`` kept open). ``connect_timeout`` bounds each connection
-    attempt. ``breaker`` guards connection attempts (default: :func:`database_breaker`).
+    connections where callers wait as long as it takes. With ``pools`` each gets up to
+    ``size`` connections of its own (at least ``min(min_size, size)`` kept open).
+    ``connect_timeout`` bounds each connection attempt. ``breaker`` guards connection
+    attempts (default: :func:`database_breaker`).
     """
 
     def __init__(
@@ -138,7 +278,7 @@ class PostgresDatabase:
         if breaker is None:
             breaker = database_breaker(url, record=is_connection_failure, clock=clock)
         self._guard = ConnectionGuard(url, breaker, is_connection_failure)
-        self._asyncpg: dict[str, Any] | None = None
+        self._connections: dict[str, _Connections] | None = None
 
     @property
     def url(self) -> str:
@@ -158,25 +298,21 @@ class PostgresDatabase:
     async def connect(self) -> None:
         """Create the pools (``open_database`` does this); ``DatabaseUnavailableError``
         when the first connections cannot be made."""
-        if self._asyncpg is not None:
+        if self._connections is not None:
             return
-        created: dict[str, Any] = {}
+        connect = functools.partial(asyncpg.connect, self._url, timeout=self._connect_timeout)
+        created: dict[str, _Connections] = {}
         try:
             for name, settings in self._pools.settings.items():
-                created[name] = await self._guard.connect(
-                    functools.partial(
-                        asyncpg.create_pool,
-                        self._url,
-                        min_size=min(self._min_size, settings.size),
-                        max_size=settings.size,
-                        timeout=self._connect_timeout,
-                    )
+                connections = created[name] = _Connections(
+                    self._guard.database, connect, min(self._min_size, settings.size)
                 )
+                await self._guard.connect(connections.open)
         except BaseException:
-            for pool in created.values():
-                await pool.close()
+            for connections in created.values():
+                await connections.close()
             raise
-        self._asyncpg = created
+        self._connections = created
 
     def pool(self, name: str) -> PoolView:
         """The named pool as a ``Database`` of its own."""
@@ -204,31 +340,51 @@ class PostgresDatabase:
         is open.
         """
         name = self._pools.name(pool)
-        if self._asyncpg is None:
+        if self._connections is None:
             raise DatabaseClosedError(self._guard.database)
-        connections = self._asyncpg[name]
+        connections = self._connections[name]
         async with self._pools.slot(name):
             # BEGIN is part of the guarded step: a pooled connection the outage cut shows
             # up there, and counts toward the breaker like a refused connect.
-            conn, transaction = await self._guard.connect(
-                functools.partial(_begin, connections, readonly)
-            )
+            conn = await self._guard.connect(functools.partial(_begin, connections, readonly))
             try:
                 tx = PostgresTransaction(conn)
                 try:
                     yield tx
                 except BaseException:
                     if not conn.is_closed():
-                        await transaction.rollback()
+                        await _end(conn, "ROLLBACK")
                     raise
-                await transaction.commit()
+                await _end(conn, "COMMIT")
             finally:
-                await connections.release(conn)
+                # _end left it reset, or terminated it (release drops it then).
+                connections.release(conn)
         for callback in tx._callbacks:
             callback()
 
+    async def statement(self, sql: str, *params: Any, pool: str | None = None) -> list[Row]:
+        """Run ONE statement as a transaction of its own and return its rows (a query's, or
+        an ``INSERT``/``UPDATE ... RETURNING``'s): all of it commits, or none of it.
+
+        One round trip instead of the three of BEGIN, the statement and COMMIT — for work
+        that fits one statement (a ``WITH`` can chain several writes). The connection goes
+        back to the pool without a session reset, so the statement must leave no session
+        state behind (no ``SET``, ``LISTEN``, session advisory locks or ``set_config``).
+        Pools, the breaker and their errors are as for :meth:`transaction`.
+        """
+        name = self._pools.name(pool)
+        if self._connections is None:
+            raise DatabaseClosedError(self._guard.database)
+        connections = self._connections[name]
+        async with self._pools.slot(name):
+            # Guarded as a whole, like BEGIN: it is the connection's first use.
+            records = await self._guard.connect(
+                functools.partial(_fetch_alone, connections, to_numbered_params(sql), params)
+            )
+        return [tuple(record) for record in records]
+
     async def close(self) -> None:
         """Close every pool."""
-        pools, self._asyncpg = self._asyncpg, None
-        for pool in (pools or {}).values():
-            await pool.close()
+        pools, self._connections = self._connections, None
+        for connections in (pools or {}).values():
+            await connections.close()

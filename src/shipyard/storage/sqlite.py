@@ -19,9 +19,13 @@ A round trip to the worker thread costs far more than a small SQLite statement, 
 are saved wherever no caller waits for an answer: the ``BEGIN`` travels with the
 transaction's first statement; :meth:`SqliteTransaction.defer` queues writes whose result
 nobody needs and sends them with the next awaited statement or with the ``COMMIT`` (a
-transaction made only of deferred writes is ONE trip); and a read-only transaction's
-``COMMIT`` is posted without waiting (the worker runs jobs in order, so the connection's
-next user queues behind it). The thread hand-off is a bare queue plus
+transaction made only of deferred writes is ONE trip); :meth:`SqliteTransaction.defer_call`
+defers a function of several statements that keeps its own outcome (an event store's
+append: insert, check, skip the rest on conflict), and :meth:`SqliteDatabase.write` runs
+one as a whole transaction; and a read-only transaction's ``COMMIT`` is posted without
+waiting (the worker runs jobs in order, so the connection's next user queues behind it).
+A one-trip transaction whose caller is cancelled before the worker reaches it is dropped:
+nothing of it was written. The thread hand-off is a bare queue plus
 ``call_soon_threadsafe`` rather than a general executor.
 """
 
@@ -57,8 +61,9 @@ _Job = tuple[
     asyncio.AbstractEventLoop | None,
     "asyncio.Future[Any] | None",
 ]
-# A deferred write: (sql, params) for execute, (sql, rows) with many=True for executemany.
-_Deferred = tuple[str, Any, bool]
+# A deferred write: (sql, params) for execute, (sql, rows) with many=True for executemany,
+# or (fn, args) with many=None for ``fn(conn, *args)`` (see ``SqliteTransaction.defer_call``).
+_Deferred = tuple[Any, Any, bool | None]
 
 
 def _resolve(future: asyncio.Future[Any] | None, ok: bool, value: Any) -> None:
@@ -94,6 +99,8 @@ def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
         if job is None:
             return
         if _one_trip(job):
+            if _withdrawn(job):
+                continue
             group = [job]
             # One-trip transactions queued behind this one commit with it (see
             # ``_commit_group``); the first job of another kind waits for the next turn.
@@ -103,7 +110,8 @@ def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
                 except queue.Empty:
                     break
                 if follower is not None and _one_trip(follower, job[1][1]):
-                    group.append(follower)
+                    if not _withdrawn(follower):
+                        group.append(follower)
                 else:
                     held.append(follower)
                     break
@@ -120,6 +128,13 @@ def _one_trip(job: _Job, begin: str | None = None) -> bool:
     if getattr(fn, "__func__", None) is not _COMMIT or args[1] is None:
         return False
     return begin is None or args[1] == begin
+
+
+def _withdrawn(job: _Job) -> bool:
+    """Whether a one-trip transaction's caller was cancelled before the worker got to it:
+    nothing of it has reached the database, so it is dropped instead of committed."""
+    future = job[3]
+    return future is not None and future.cancelled()
 
 
 def _commit_group(group: list[_Job]) -> None:
@@ -142,11 +157,7 @@ def _commit_group(group: list[_Job]) -> None:
         return
     try:
         for _, (_, _, queued), _, _ in group:
-            for sql, params, many in queued:
-                if many:
-                    conn.executemany(sql, params)
-                else:
-                    conn.execute(sql, params)
+            _apply(conn, queued)
         conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
@@ -158,6 +169,17 @@ def _commit_group(group: list[_Job]) -> None:
     for _, _, loop, future in group:
         if loop is not None:
             loop.call_soon_threadsafe(_resolve, future, True, None)
+
+
+def _apply(conn: sqlite3.Connection, queued: list[_Deferred]) -> None:
+    """Run deferred writes (and deferred calls) in order on ``conn``."""
+    for op, params, many in queued:
+        if many is None:
+            op(conn, *params)
+        elif many:
+            conn.executemany(op, params)
+        else:
+            conn.execute(op, params)
 
 
 class _Worker:
@@ -261,7 +283,8 @@ class SqliteTransaction:
             self._unlock()
         await future
 
-    async def _run(self, fn: Callable[..., T], sql: str, params: Any) -> T:
+    async def _run(self, fn: Callable[..., T], sql: Any, params: Any) -> T:
+        # ``fn(conn, sql, params)``: a statement, or (``_invoke``) a caller's function.
         await self._take_lock()
         begin, queued = self._prologue()
         if begin is None and not queued:
@@ -275,7 +298,7 @@ class SqliteTransaction:
         begin: str | None,
         queued: list[_Deferred],
         fn: Callable[..., T],
-        sql: str,
+        sql: Any,
         params: Any,
     ) -> T:
         self._flush(conn, begin, queued)
@@ -286,11 +309,7 @@ class SqliteTransaction:
         if begin is not None:
             conn.execute(begin)
         try:
-            for sql, params, many in queued:
-                if many:
-                    conn.executemany(sql, params)
-                else:
-                    conn.execute(sql, params)
+            _apply(conn, queued)
         except BaseException as error:
             if self._failed is None:
                 self._failed = error
@@ -319,6 +338,24 @@ class SqliteTransaction:
     def defer_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """:meth:`defer` for one statement run once per parameter row."""
         self._queued.append((sql, list(rows), True))
+
+    def defer_call(self, fn: Callable[..., object], *args: Any) -> None:
+        """:meth:`defer` for ``fn(conn, *args)``: a step of several statements run on the
+        connection's thread, in order with the deferred writes, that keeps its own outcome.
+
+        ``fn`` runs inside the transaction (and, within a group commit, may run a second
+        time if the group is rolled back and replayed, so it must start from scratch each
+        time). What it returns is dropped; it reports back by setting state on an object
+        the caller reads after the commit. Raising fails the transaction like a failed
+        :meth:`defer`. An error ``fn`` catches leaves the transaction usable: SQLite undoes
+        just the failed statement.
+        """
+        self._queued.append((fn, args, None))
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` on the connection's thread, after the deferred writes; its
+        result (or error). Several statements for one round trip."""
+        return await self._run(_invoke, fn, args)
 
     async def execute(self, sql: str, *params: Any) -> None:
         """Run one statement."""
@@ -485,6 +522,27 @@ class SqliteDatabase:
         for callback in tx._callbacks:
             callback()
 
+    async def write(
+        self, fn: Callable[[sqlite3.Connection], object], *, pool: str | None = None
+    ) -> None:
+        """Run ``fn(conn)`` as a write transaction of its own on the writer's thread:
+        ``BEGIN IMMEDIATE``, ``fn``, ``COMMIT`` — ONE round trip (``ROLLBACK`` and the
+        error raised here if ``fn`` raises). What ``fn`` returns is dropped: it reports by
+        setting state on an object the caller reads afterwards.
+
+        The cheapest write there is, for work that needs no answer before it commits. It
+        may share a group commit with the one-trip transactions queued with it, so ``fn``
+        must start from scratch if it runs a second time (a failed group is replayed one
+        transaction at a time). Pools work as for :meth:`transaction`.
+        """
+        name = self._pools.name(pool)
+        async with self._pools.slot(name):
+            writer = self._writer
+            if writer is None:
+                raise DatabaseClosedError(self.url)
+            tx = SqliteTransaction(writer, lock=self._lock)
+            await tx._finish(tx._commit, tx._begin, [(fn, (), None)])
+
     async def close(self) -> None:
         """Close every connection and stop their threads."""
         readers, self._readers = self._readers, []
@@ -543,6 +601,10 @@ def _end_read(conn: sqlite3.Connection) -> None:
 
 def _close(conn: sqlite3.Connection) -> None:
     conn.close()
+
+
+def _invoke(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    return fn(conn, *args)
 
 
 def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> None:
