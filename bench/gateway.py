@@ -12,9 +12,14 @@ ours and nginx alternate for ``BENCH_ROUNDS`` (default 2) rounds and the best of
       shared AsyncClient — a client per request would be ~30x slower still)
   (d) the same gateway on a route with the response cache (every request a cache HIT,
       no auth): what a cacheable endpoint costs when the upstream is not called at all
+  (e) the gateway (b) with ``--workers 2`` (SO_REUSEPORT) on cores 0 and 1, compared with
+      one worker: the scaling across workers. wrk and the upstream stay on core 1, so the
+      second worker shares its core with them and this cannot come out near 2x here; it
+      shows the workers share the load (on more cores than load generators it would scale)
 
-Targets (issue 6): ours >= 40% of nginx's req/s, p99 <= 10 ms. Also printed: RSS added by
-1,000 idle keep-alive client connections to the gateway.
+Targets (issue 6): ours >= 40% of nginx's req/s, p99 <= 10 ms. Also printed: the same-run
+ratio of each round, and the RSS added by 1,000 idle keep-alive client connections to the
+gateway.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ CONNECTIONS = 64
 SECRET = "bench-secret"
 PROXY_CORE = "0"
 LOAD_CORE = "1"
+BOTH_CORES = "0,1"
 
 NAIVE_APP = """
 import httpx
@@ -155,6 +161,50 @@ def measure(name: str, url: str, headers: list[str]) -> dict[str, float]:
     return result
 
 
+def gateway_yaml(port: int, upstream_port: int, log: Path) -> str:
+    """The gateway under test: JWT + rate limit + access log on /api, a cached /cached."""
+    return f"""
+listen: 127.0.0.1:{port}
+access_log: {{path: {log}}}
+frontends:
+  web:
+    jwt:
+      keys: [{{alg: HS256, secret: {SECRET}}}]
+      claim_headers: {{sub: X-User-Id}}
+    routes:
+      - name: api
+        prefix: /api
+        upstream: http://127.0.0.1:{upstream_port}
+        auth: jwt
+        rate_limit: {{rate: 10000000, burst: 10000000, per: consumer}}
+      - name: cached
+        prefix: /cached
+        upstream: http://127.0.0.1:{upstream_port}
+        auth: none
+        cache: {{ttl: 3600}}
+"""
+
+
+def start_gateway(config: Path, cores: str, workers: int) -> subprocess.Popen[bytes]:
+    """``shipyard gateway --config ... --workers N`` pinned to ``cores`` (children too)."""
+    return subprocess.Popen(
+        taskset(
+            cores,
+            [
+                sys.executable,
+                "-c",
+                "import sys; from shipyard.cli import main; sys.exit(main(sys.argv[1:]))",
+                "gateway",
+                "--config",
+                str(config),
+                "--workers",
+                str(workers),
+            ],
+        ),
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -224,43 +274,16 @@ def main() -> None:
 
             gateway_port = free_port()
             config = tmp / "gateway.yaml"
-            config.write_text(
-                f"""
-listen: 127.0.0.1:{gateway_port}
-access_log: {{path: {tmp}/access.log}}
-frontends:
-  web:
-    jwt:
-      keys: [{{alg: HS256, secret: {SECRET}}}]
-      claim_headers: {{sub: X-User-Id}}
-    routes:
-      - name: api
-        prefix: /api
-        upstream: http://127.0.0.1:{upstream_port}
-        auth: jwt
-        rate_limit: {{rate: 10000000, burst: 10000000, per: consumer}}
-      - name: cached
-        prefix: /cached
-        upstream: http://127.0.0.1:{upstream_port}
-        auth: none
-        cache: {{ttl: 3600}}
-"""
-            )
-            gateway = subprocess.Popen(
-                taskset(
-                    PROXY_CORE,
-                    [
-                        sys.executable,
-                        "-c",
-                        "import sys; from shipyard.cli import main; sys.exit(main(sys.argv[1:]))",
-                        "gateway",
-                        "--config",
-                        str(config),
-                    ],
-                ),
-                stderr=subprocess.DEVNULL,
-            )
+            config.write_text(gateway_yaml(gateway_port, upstream_port, tmp / "access.log"))
+            gateway = start_gateway(config, PROXY_CORE, workers=1)
             processes.append(gateway)
+            # A separate port: SO_REUSEPORT must not mix these workers with the one above.
+            workers_port = free_port()
+            workers_config = tmp / "gateway-workers.yaml"
+            workers_config.write_text(
+                gateway_yaml(workers_port, upstream_port, tmp / "access-workers.log")
+            )
+            processes.append(start_gateway(workers_config, BOTH_CORES, workers=2))
 
             naive_port = free_port()
             (tmp / "naive_proxy.py").write_text(NAIVE_APP.format(port=upstream_port))
@@ -286,7 +309,7 @@ frontends:
                     stderr=subprocess.DEVNULL,
                 )
             )
-            for port in (upstream_port, nginx_port, gateway_port, naive_port):
+            for port in (upstream_port, nginx_port, gateway_port, workers_port, naive_port):
                 wait_port(port)
 
             token = hs256_token({"sub": "bench-user", "exp": int(time.time()) + 3600})
@@ -309,6 +332,11 @@ frontends:
                 peer_runs.append(
                     measure("nginx reverse proxy", f"http://127.0.0.1:{nginx_port}/api/item", [])
                 )
+                print(
+                    f"  {'  this round: ours / nginx':<42} "
+                    f"{ours_runs[-1]['rps'] / peer_runs[-1]['rps']:>10.0%}",
+                    flush=True,
+                )
             ours = max(ours_runs, key=lambda r: r["rps"])
             peer = max(peer_runs, key=lambda r: r["rps"])
             naive = measure(
@@ -319,12 +347,19 @@ frontends:
                 f"http://127.0.0.1:{gateway_port}/cached/item",
                 [],
             )
+            two = measure(
+                "shipyard gateway, 2 workers (cores 0+1)",
+                f"http://127.0.0.1:{workers_port}/api/item",
+                auth,
+            )
             per_1000 = idle_connection_cost(gateway.pid, gateway_port, token)
             print(
                 f"\n  best rounds: ours {ours['rps']:,.0f} req/s, nginx {peer['rps']:,.0f} req/s"
                 f"\n  ours / nginx = {ours['rps'] / peer['rps']:.0%}   (target >= 40%)"
                 f"\n  ours / naive = {ours['rps'] / naive['rps']:.0f}x"
                 f"\n  our p99      = {ours['p99']:.2f} ms (target <= 10 ms)"
+                f"\n  2 workers    = {two['rps'] / ours['rps']:.2f}x one worker (on 2 cores that"
+                " wrk and the upstream share: not a clean scaling figure)"
                 f"\n  memory       = {per_1000 / 1024:.1f} MiB per 1,000 idle keep-alive"
                 " connections"
             )

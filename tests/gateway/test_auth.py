@@ -229,8 +229,50 @@ async def test_a_cached_token_is_still_rejected_once_it_expires() -> None:
     token = make_token({**GOOD, "exp": WALL + 10}, secret=SECRET).encode()
     assert (await verifier.verify(token)).consumer == "alice"
     clock.advance(11)
+    assert verifier.cached(token) is None
     with pytest.raises(InvalidToken, match="expired"):
         await verifier.verify(token)
+
+
+class SteppedWallClock(ManualClock):
+    """A wall clock that can be stepped backwards (as NTP may do to a real one)."""
+
+    wall = WALL
+
+    def now(self) -> float:
+        return self.wall
+
+
+async def test_a_cached_token_is_rejected_before_its_nbf_if_the_clock_steps_back() -> None:
+    clock = SteppedWallClock()
+    verifier = JwtVerifier(
+        JwtConfig(keys=(JwtKey(alg="HS256", secret=SECRET),), leeway=5), clock=clock
+    )
+    token = make_token({**GOOD, "nbf": WALL - 1}, secret=SECRET).encode()
+    assert (await verifier.verify(token)).consumer == "alice"
+    assert verifier.cached(token) is not None
+    clock.wall = WALL - 10  # before nbf minus the leeway
+    assert verifier.cached(token) is None
+    with pytest.raises(InvalidToken, match="nbf"):
+        await verifier.verify(token)
+
+
+async def test_the_token_cache_is_keyed_on_the_exact_token_and_bounded() -> None:
+    clock = ManualClock(wall_start=WALL)
+    verifier = JwtVerifier(
+        JwtConfig(keys=(JwtKey(alg="HS256", secret=SECRET),), cache_size=3), clock=clock
+    )
+    token = make_token(GOOD, secret=SECRET).encode()
+    await verifier.verify(token)
+    # The cached token with its signature changed is a different token: checked afresh.
+    signing_input, _, signature = token.rpartition(b".")
+    forged = signing_input + b"." + (b"A" if signature[:1] != b"A" else b"B") + signature[1:]
+    assert verifier.cached(forged) is None
+    with pytest.raises(InvalidToken, match="signature"):
+        await verifier.verify(forged)
+    for n in range(10):
+        await verifier.verify(make_token({**GOOD, "sub": f"user{n}"}, secret=SECRET).encode())
+        assert verifier.tokens_cached <= 3
 
 
 API_KEYS = f"""

@@ -6,6 +6,10 @@ import asyncio
 import io
 import json
 
+from shipyard.gateway import Chain, Exchange, Filter, Limits, Reply, parse_config
+from shipyard.gateway.routing import Router
+from shipyard.gateway.server import Frontend, HttpConnection, Listener
+
 from .conftest import (
     Seen,
     Upstream,
@@ -215,3 +219,46 @@ async def test_an_upstream_echo_of_the_request_id_is_not_sent_twice(upstream: Up
             gw.address("web")[1], b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
         )
     assert raw.lower().count(b"x-request-id:") == 1
+
+
+async def test_requests_pipelined_after_a_connection_close_are_never_forwarded(
+    upstream: Upstream,
+) -> None:
+    async with running(proxy_yaml(upstream.url)) as gw:
+        data = await send_raw(
+            gw.address("web")[1],
+            b"GET /first HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n",
+            expect=2,
+        )
+    assert [json.loads(r.body)["path"] for r in parse_responses(data)] == ["/first"]
+    assert [seen.path for seen in upstream.seen] == ["/first"]
+
+
+class NeedsATask(Filter):
+    """A filter built on ``asyncio.timeout`` (as redis-py and aiohttp are): it only works
+    with a current task."""
+
+    async def on_request(self, exchange: Exchange) -> Reply | None:
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0)
+        return None
+
+
+async def test_a_route_whose_filter_needs_a_task_gets_one() -> None:
+    async def answer(exchange: Exchange) -> Reply:
+        return Reply(200, [], b"answered")
+
+    chain = Chain([NeedsATask()], answer)
+    assert not chain.runs_inline  # a filter (or router) that does not say so gets a Task
+    yaml = "listen: 127.0.0.1:0\nfrontends: {web: {routes: [{prefix: /, upstream: http://a:1}]}}"
+    route = parse_config(yaml, source="test.yaml").frontends[0].routes[0]
+    listener = Listener([Frontend("web", "", Router([(route, ("r", chain))]))], limits=Limits())
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: HttpConnection(listener), "127.0.0.1", 0)
+    try:
+        response = await request(server.sockets[0].getsockname()[1], path="/x")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (response.status, response.body) == (200, b"answered")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.core import SYSTEM_CLOCK, ManualClock
-from shipyard.gateway import RedisRateLimitStore
+from shipyard.gateway import LocalRateLimitStore, RedisRateLimitStore
 from shipyard.resilience.ratelimit import (
     MemoryRateLimitStore,
     RateLimitStore,
@@ -106,10 +106,13 @@ async def test_x_forwarded_for_is_believed_only_from_trusted_proxies(upstream: U
 # -- one contract for every RateLimitStore ---------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "local", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[RateLimitStore]:
     if request.param == "memory":
         yield MemoryRateLimitStore()
+        return
+    if request.param == "local":
+        yield LocalRateLimitStore()
         return
     require_server("Redis", 6379)
     redis_store = RedisRateLimitStore.from_url(
@@ -151,6 +154,49 @@ async def test_store_keys_are_independent(store: RateLimitStore) -> None:
     assert (await store.token_bucket("a", 1.0, 1, 1, WALL)).allowed
     assert not (await store.token_bucket("a", 1.0, 1, 1, WALL)).allowed
     assert (await store.token_bucket("b", 1.0, 1, 1, WALL)).allowed
+
+
+# -- the gateway's own in-process store ------------------------------------------------------
+
+
+def test_take_decides_as_the_reference_maths_and_shares_state_with_token_bucket() -> None:
+    local = LocalRateLimitStore()
+    state = None
+    offsets = [0.0, 0.0, 0.0, 0.0, 0.2, 0.4, 0.45, 1.0, 1.0, 5.0, 4.0, 4.0]  # 4.0: clock back
+    for step, offset in enumerate(offsets):
+        now = WALL + offset
+        state, expected = token_bucket_step(state, rate=2.0, burst=3, cost=1, now=now)
+        if step % 3 == 2:  # the general entry point on the same bucket
+            got = local.token_bucket_sync("k", 2.0, 3, 1, now)
+            assert (got.allowed, got.remaining) == (expected.allowed, expected.remaining)
+            continue
+        refusal = local.take("k", 2.0, 3, now)
+        assert (refusal is None) == expected.allowed
+        if refusal is not None:
+            assert refusal.remaining == expected.remaining
+            assert refusal.retry_after == pytest.approx(expected.retry_after, abs=1e-9)
+            assert refusal.reset_after == pytest.approx(expected.reset_after, abs=1e-9)
+
+
+def test_the_local_store_stays_bounded_and_never_blocks_an_evicted_key() -> None:
+    local = LocalRateLimitStore(max_keys=64)
+    assert local.take("busy", 1.0, 1, WALL) is None
+    assert local.take("busy", 1.0, 1, WALL) is not None
+    for n in range(1000):
+        local.take(f"client-{n}", 0.001, 1, WALL)  # each key empty for a long time
+        assert len(local) <= 64
+    # Dropping a key only ever lets it through early: "busy" is allowed again.
+    assert local.take("busy", 1.0, 1, WALL) is None
+
+
+def test_keys_back_to_full_are_dropped_before_any_other() -> None:
+    local = LocalRateLimitStore(max_keys=8)
+    local.take("hot", 0.001, 5, WALL)  # takes ~1000 s to refill
+    for n in range(7):
+        local.take(f"idle-{n}", 1000.0, 1, WALL)  # full again a millisecond later
+    local.take("new", 1.0, 1, WALL + 1)
+    decision = local.token_bucket_sync("hot", 0.001, 5, 0, WALL + 1)
+    assert decision.remaining == 4  # "hot" kept its state: the full idle keys went first
 
 
 # -- two gateway processes sharing one Redis budget ------------------------------------------

@@ -56,6 +56,7 @@ from shipyard.gateway.errors import (
 )
 from shipyard.gateway.filters import Chain, Exchange, Filter, Reply, local_reply
 from shipyard.gateway.gateway import Gateway, store_from_url
+from shipyard.gateway.local_ratelimit import LocalRateLimitStore
 from shipyard.gateway.metrics import GatewayCollector, GatewayMetrics
 from shipyard.gateway.rate_limit import RateLimit
 from shipyard.gateway.redis_ratelimit import RedisRateLimitStore
@@ -120,6 +121,7 @@ __all__ = [
     # upstreams and stores
     "UpstreamResolver",
     "StaticResolver",
+    "LocalRateLimitStore",
     "RedisRateLimitStore",
     "store_from_url",
     "ResponseCacheStore",

@@ -16,6 +16,8 @@ from shipyard.gateway.filters import Exchange, Filter, Reply, local_reply
 class ApiKeyAuth(Filter):
     """401 unless the request carries a known API key; sets ``exchange.consumer``."""
 
+    runs_inline = True
+
     def __init__(self, config: ApiKeyConfig) -> None:
         self._by_digest = {digest: consumer for consumer, digest in config.keys}
         self._header = config.header.encode() if config.header else None

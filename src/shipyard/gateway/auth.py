@@ -13,6 +13,9 @@ class AnyAuth(Filter):
     def __init__(self, jwt: JwtAuth | None, api_key: ApiKeyAuth | None) -> None:
         self._jwt = jwt
         self._api_key = api_key
+        self.runs_inline = (jwt is None or jwt.runs_inline) and (
+            api_key is None or api_key.runs_inline
+        )
         self.strips = (jwt.strips if jwt else frozenset()) | (
             api_key.strips if api_key else frozenset()
         )

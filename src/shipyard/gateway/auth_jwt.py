@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -155,15 +156,23 @@ async def fetch_url(url: str) -> bytes:
 class Verified:
     """What a verified token yields: its claims, consumer and the headers to forward."""
 
-    __slots__ = ("claims", "consumer", "expires", "headers")
+    __slots__ = ("claims", "consumer", "expires", "headers", "not_before")
 
     def __init__(
-        self, claims: dict[str, Any], consumer: str | None, headers: list[Header], expires: float
+        self,
+        claims: dict[str, Any],
+        consumer: str | None,
+        headers: list[Header],
+        expires: float,
+        not_before: float = float("-inf"),
     ) -> None:
         self.claims = claims
         self.consumer = consumer
         self.headers = headers
         self.expires = expires
+        """Wall time after which the token is refused (``exp`` plus the leeway)."""
+        self.not_before = not_before
+        """Wall time before which the token is refused (``nbf`` minus the leeway)."""
 
 
 class JwtVerifier:
@@ -180,6 +189,7 @@ class JwtVerifier:
             self._keys[key.kid] = (key.alg, _verifier_for(key, f"jwt.keys[{index}].public_key"))
         self._inline = dict(self._keys)
         self._cache: dict[bytes, Verified] = {}
+        self._now = time.time if clock is SYSTEM_CLOCK else clock.now
         self._last_fetch: float | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._claim_headers = [
@@ -220,10 +230,21 @@ class JwtVerifier:
                     return found
         raise InvalidToken("token signed with an unknown key")
 
+    @property
+    def tokens_cached(self) -> int:
+        """How many verified tokens are cached now (at most ``config.cache_size``)."""
+        return len(self._cache)
+
     def cached(self, token: bytes) -> Verified | None:
-        """The earlier verification of ``token`` if it is still valid (no await needed)."""
+        """The earlier verification of ``token`` if it is still valid (no await needed).
+
+        The signature is not checked again, but the time window is, on every call: a
+        cached token stops passing the moment it expires (and a clock stepped back before
+        its ``nbf`` does not let it through)."""
         cached = self._cache.get(token)
-        if cached is not None and self._clock.now() > cached.expires:
+        if cached is None:
+            return None
+        if not cached.not_before <= self._now() <= cached.expires:
             del self._cache[token]
             return None
         return cached
@@ -270,11 +291,13 @@ class JwtVerifier:
         if now > exp + leeway:
             raise InvalidToken("token has expired")
         nbf = claims.get("nbf")
+        not_before = float("-inf")
         if nbf is not None:
             if not isinstance(nbf, int | float) or isinstance(nbf, bool):
                 raise InvalidToken("token nbf claim is not numeric")
             if now + leeway < nbf:
                 raise InvalidToken("token is not valid yet (nbf)")
+            not_before = float(nbf) - leeway
         if config.issuer is not None and claims.get("iss") != config.issuer:
             raise InvalidToken("token issuer is not accepted")
         if config.audience is not None:
@@ -293,7 +316,7 @@ class JwtVerifier:
             headers.append((header, encoded))
         consumer_value = claims.get(config.consumer_claim)
         consumer = None if consumer_value is None else str(consumer_value)
-        verified = Verified(claims, consumer, headers, float(exp) + leeway)
+        verified = Verified(claims, consumer, headers, float(exp) + leeway, not_before)
         if config.cache_size:
             if len(self._cache) >= config.cache_size:
                 self._cache.clear()  # bounded; refilling costs one verification per client
@@ -307,14 +330,21 @@ _CHALLENGE = (b"www-authenticate", b'Bearer error="invalid_token"')
 class JwtAuth(Filter):
     """Requires ``Authorization: Bearer <jwt>``; forwards configured claims as headers."""
 
+    # A JWKS refresh runs in a Task of its own; the request only awaits its future.
+    runs_inline = True
+
     def __init__(self, verifier: JwtVerifier) -> None:
         self.verifier = verifier
         self.strips = frozenset(header for _, header in verifier._claim_headers)
+        self._cached = verifier.cached
 
     def bearer(self, ex: Exchange) -> bytes | None:
         """The bearer token of the request, if it has one."""
         value = ex.header_map.get(b"authorization")
-        if value is None or value[:7].lower() != b"bearer ":
+        if value is None:
+            return None
+        scheme = value[:7]
+        if scheme != b"Bearer " and scheme.lower() != b"bearer ":
             return None
         return value[7:].strip()
 
@@ -323,7 +353,7 @@ class JwtAuth(Filter):
         token = self.bearer(exchange)
         if token is None:
             return local_reply(401, "a bearer token is required", [_CHALLENGE])
-        verified = self.verifier.cached(token)
+        verified = self._cached(token)
         if verified is None:
             try:
                 verified = await self.verifier.verify(token)

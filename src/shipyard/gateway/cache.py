@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from shipyard.core.clock import SYSTEM_CLOCK, Clock
 from shipyard.core.logging import get_logger
 from shipyard.gateway.config import CacheConfig
-from shipyard.gateway.filters import Exchange, Handler, Header, Reply
+from shipyard.gateway.filters import Exchange, Handler, Header, Reply, runs_inline
 
 _log = get_logger("shipyard.gateway.cache")
 
@@ -194,6 +194,8 @@ class ResponseCache:
         self._scope = scope + "|"
         self._now = clock.now
         self.counters = CacheCounters()
+        # In memory the cache awaits nothing task-bound; Redis (redis-py) does.
+        self.runs_inline = isinstance(store, MemoryCacheStore) and runs_inline(inner)
 
     def _base_key(self, ex: Exchange) -> str:
         key = self._scope + (ex.host + b"|" + ex.path + b"?" + ex.query).decode("latin-1")

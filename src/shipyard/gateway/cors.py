@@ -15,6 +15,8 @@ from shipyard.gateway.filters import Exchange, Filter, Header, Reply, local_repl
 class Cors(Filter):
     """The CORS filter of one route."""
 
+    runs_inline = True
+
     def __init__(self, config: CorsConfig) -> None:
         self.config = config
         self._origins = (

@@ -138,6 +138,12 @@ class Filter:
 
     strips: frozenset[bytes] = frozenset()
 
+    runs_inline: bool = False
+    """True when ``on_request`` awaits nothing but plain futures (no ``asyncio.timeout``,
+    nothing that needs ``asyncio.current_task()``, e.g. no redis-py or aiohttp call): a
+    route whose filters and router all say so runs without a Task per request (see
+    ``inline``). Leave it False for anything else; such routes simply get a Task."""
+
     async def on_request(self, exchange: Exchange) -> Reply | None:
         """Inspect or change the request; return a Reply to answer without going on."""
         return None
@@ -154,10 +160,24 @@ class Filter:
 Handler = Callable[[Exchange], Awaitable[Reply]]
 
 
+def runs_inline(handler: Handler) -> bool:
+    """Whether a router says it may run without a Task (its ``runs_inline`` attribute,
+    as for filters; a handler without one may not)."""
+    return getattr(handler, "runs_inline", False) is True
+
+
 class Chain:
     """A route's filters followed by its router, fixed at start-up."""
 
-    __slots__ = ("_filters", "_responses", "_router", "completions", "handle", "strips")
+    __slots__ = (
+        "_filters",
+        "_responses",
+        "_router",
+        "completions",
+        "handle",
+        "runs_inline",
+        "strips",
+    )
 
     def __init__(self, filters: Sequence[Filter], router: Handler) -> None:
         # Only filters that override on_request run per request.
@@ -173,12 +193,17 @@ class Chain:
             for f in reversed(filters)
             if type(f).on_response is not Filter.on_response
         )
-        # Chosen once: routes without response filters never pay for the loop.
-        self.handle: Handler = self._handle_responses if self._responses else self._handle
+        # Chosen once: routes without response filters never pay for the loop, and
+        # routes without request filters go straight to the router.
+        self.handle: Handler = (
+            self._handle_responses if self._responses else self._handle if self._filters else router
+        )
         strips: frozenset[bytes] = frozenset()
         for f in filters:
             strips |= f.strips
         self.strips = strips
+        self.runs_inline = all(f.runs_inline for f in filters) and runs_inline(router)
+        """Whether requests on this chain may run without a Task (``Filter.runs_inline``)."""
 
     async def _handle(self, exchange: Exchange) -> Reply:
         """Run the filters in order; the first reply wins, else the router answers."""

@@ -41,6 +41,7 @@ from shipyard.gateway.config import (
 )
 from shipyard.gateway.cors import Cors
 from shipyard.gateway.filters import Chain, Filter, Handler
+from shipyard.gateway.local_ratelimit import LocalRateLimitStore
 from shipyard.gateway.metrics import GatewayMetrics, registry_for
 from shipyard.gateway.proxy import Proxy, Upstream
 from shipyard.gateway.rate_limit import RateLimit
@@ -52,7 +53,7 @@ from shipyard.gateway.server import Completion, Frontend, HttpConnection, Listen
 from shipyard.gateway.shadow import Shadow
 from shipyard.gateway.strangler import Strangler
 from shipyard.gateway.upstream import UpstreamPool, UpstreamResolver
-from shipyard.resilience.ratelimit import MemoryRateLimitStore, RateLimitStore
+from shipyard.resilience.ratelimit import RateLimitStore
 
 _log = get_logger("shipyard.gateway")
 
@@ -60,7 +61,7 @@ _log = get_logger("shipyard.gateway")
 def store_from_url(url: str, *, prefix: str) -> RateLimitStore:
     """``memory://`` → in-process store; ``redis://…`` → a store every gateway shares."""
     if url.startswith("memory://"):
-        return MemoryRateLimitStore()
+        return LocalRateLimitStore()
     return RedisRateLimitStore.from_url(url, prefix=prefix)
 
 

@@ -11,6 +11,7 @@ only while the service's retry budget lasts (so retries cannot multiply an outag
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Sequence
 
@@ -78,7 +79,7 @@ class Upstream:
             record=(UpstreamError, UpstreamTimeoutError),
             clock=clock,
         )
-        self._host_lines: dict[tuple[str, int], bytes] = {}
+        self._targets: dict[tuple[str, int], tuple[bytes, str]] = {}
         budget = config.retry_budget
         self.retry_budget: RetryBudget | None = (
             RetryBudget(budget.ratio, budget.min_per_second, budget.window, clock=clock)
@@ -96,13 +97,18 @@ class Upstream:
             return ()
         return await self._resolver.instances(self.name)
 
+    def target(self, instance: Address) -> tuple[bytes, str]:
+        """The pre-encoded ``host:`` header line for ``instance`` and its ``host:port``."""
+        key = (instance.address, instance.port)
+        found = self._targets.get(key)
+        if found is None:
+            label = f"{key[0]}:{key[1]}"
+            found = self._targets[key] = (f"host: {label}\r\n".encode(), label)
+        return found
+
     def host_line(self, instance: Address) -> bytes:
         """The pre-encoded ``host:`` header line for ``instance``."""
-        key = (instance.address, instance.port)
-        line = self._host_lines.get(key)
-        if line is None:
-            line = self._host_lines[key] = f"host: {key[0]}:{key[1]}\r\n".encode()
-        return line
+        return self.target(instance)[0]
 
     async def fetch(
         self, build: Callable[[bytes], bytes], within: float, *, head_only: bool = False
@@ -129,8 +135,20 @@ class Upstream:
         return status, headers, body
 
 
-def _forwarded_for(ip: str) -> bytes:
-    return (f'"[{ip}]"' if ":" in ip else ip).encode()
+# Per client address and per Host value the forwarding headers are the same every time:
+# built once (bounded caches; both come from the client, so never unbounded).
+@functools.lru_cache(maxsize=4096)
+def _peer_fields(ip: str) -> tuple[bytes, bytes]:
+    """``X-Forwarded-For`` and ``Forwarded: for=`` values for a client address."""
+    return ip.encode(), (f'"[{ip}]"' if ":" in ip else ip).encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_fields(host: bytes) -> tuple[bytes, bytes]:
+    """The ``X-Forwarded-Host`` line and ``Forwarded`` ``host=`` parameter for a Host."""
+    if not host:
+        return b"", b""
+    return b"\r\nx-forwarded-host: " + host, b';host="' + host.replace(b'"', b"") + b'"'
 
 
 class Proxy:
@@ -151,6 +169,14 @@ class Proxy:
         self._retries = upstream.config.retries
         self._retry_on = upstream.config.retry_on
         self._attempt = upstream.breaker(self._send)
+        # Static instances: only the gateway's own futures are awaited. A resolver (e.g.
+        # discovery over HTTP) may need a current task, so such routes get one.
+        self.runs_inline = upstream.static is not None
+        # One static instance (the common case): nothing to pick per request.
+        self._only: tuple[Address, bytes, str] | None = None
+        if upstream.static is not None and len(upstream.static) == 1:
+            only = upstream.static[0]
+            self._only = (only, *upstream.target(only))
 
     def _trusted_peer(self, ip: str) -> bool:
         if not self._trusted:
@@ -177,28 +203,21 @@ class Proxy:
             if name not in drop:
                 parts += (name, b": ", value, b"\r\n")
         peer = ex.peer_ip
-        xff = peer.encode()
+        xff, forwarded_for = _peer_fields(peer)
         previous = ex.header_map.get(b"x-forwarded-for")
         if previous is not None and self._trusted_peer(peer):
             xff = previous + b", " + xff
-        parts += (
-            b"x-forwarded-for: ",
-            xff,
-            b"\r\nx-forwarded-proto: http",
-            b"\r\nx-forwarded-host: " + ex.host if ex.host else b"",
-            b"\r\nforwarded: for=",
-            _forwarded_for(peer),
-            b";proto=http",
-            b';host="' + ex.host.replace(b'"', b"") + b'"' if ex.host else b"",
-            b"\r\nx-request-id: ",
-            ex.request_id,
-            b"\r\n",
+        forwarded_host, forwarded_host_param = _host_fields(ex.host)
+        parts.append(
+            b"x-forwarded-for: %b\r\nx-forwarded-proto: http%b\r\nforwarded: for=%b;proto=http%b"
+            b"\r\nx-request-id: %b\r\n"
+            % (xff, forwarded_host, forwarded_for, forwarded_host_param, ex.request_id)
         )
         for name, value in ex.upstream_headers:
             parts += (name, b": ", value, b"\r\n")
         body = ex.body
         if body or ex.method in (b"POST", b"PUT", b"PATCH"):
-            parts += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+            parts.append(b"content-length: %d\r\n" % len(body))
         parts += (b"\r\n", body)
         return b"".join(parts)
 
@@ -244,10 +263,14 @@ class Proxy:
             budget.deposit()
         head_only = ex.method == b"HEAD"
         failed: Address | None = None
+        only = self._only
         for attempt in range(attempts):
-            instance = upstream.balancer.pick(instances, failed)
-            ex.upstream = f"{instance.address}:{instance.port}"
-            data = self._request_bytes(ex, upstream.host_line(instance))
+            if only is not None:
+                instance, host_line, ex.upstream = only
+            else:
+                instance = upstream.balancer.pick(instances, failed)
+                host_line, ex.upstream = upstream.target(instance)
+            data = self._request_bytes(ex, host_line)
             last = attempt == attempts - 1
             try:
                 conn = await self._attempt(instance, data, head_only)

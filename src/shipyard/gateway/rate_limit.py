@@ -8,10 +8,12 @@ one budget). A refused request gets 429 with ``Retry-After`` and the ``RateLimit
 from __future__ import annotations
 
 import math
+import time
 
 from shipyard.core.clock import SYSTEM_CLOCK, Clock
 from shipyard.gateway.config import RateLimitConfig
 from shipyard.gateway.filters import Exchange, Filter, Reply, local_reply
+from shipyard.gateway.local_ratelimit import LocalRateLimitStore
 from shipyard.resilience.ratelimit import RateLimitDecision, RateLimitStore, SyncRateLimitStore
 
 
@@ -28,20 +30,26 @@ class RateLimit(Filter):
     ) -> None:
         self._config = config
         self._store = store
-        # An in-process store can decide without awaiting: chosen once, here.
+        # An in-process store can decide without awaiting (the gateway's own without
+        # allocating when it allows): chosen once, here.
+        self._take = store.take if isinstance(store, LocalRateLimitStore) else None
         self._sync = store if isinstance(store, SyncRateLimitStore) else None
+        self.runs_inline = self._sync is not None  # a shared (Redis) store needs a Task
+        self._rate = config.rate
+        self._burst = config.burst
+        self._by_consumer = config.per == "consumer"
+        self._consumer_scope = scope + ":c:"
         self._scope = scope + ":"
-        self._now = clock.now
+        self._now = time.time if clock is SYSTEM_CLOCK else clock.now
         self._header = config.header.encode() if config.header else None
         self._limit_header = str(config.burst).encode()
         self.rejected = 0
         """Requests refused with 429 (exported as a metric)."""
 
     def _key(self, ex: Exchange) -> str:
-        per = self._config.per
-        if per == "consumer" and ex.consumer is not None:
-            return self._scope + "c:" + ex.consumer
-        if per == "header" and self._header is not None:
+        if self._by_consumer and ex.consumer is not None:
+            return self._consumer_scope + ex.consumer
+        if self._config.per == "header" and self._header is not None:
             value = ex.header_map.get(self._header)
             if value is not None:
                 return self._scope + "h:" + value.decode("latin-1")
@@ -51,9 +59,18 @@ class RateLimit(Filter):
     async def on_request(self, exchange: Exchange) -> Reply | None:
         """Take one token, or answer 429."""
         config = self._config
-        key = self._key(exchange)
-        decision: RateLimitDecision
-        if self._sync is not None:
+        consumer = exchange.consumer
+        key = (
+            self._consumer_scope + consumer
+            if self._by_consumer and consumer is not None
+            else self._key(exchange)
+        )
+        decision: RateLimitDecision | None
+        if self._take is not None:
+            decision = self._take(key, self._rate, self._burst, self._now())
+            if decision is None:
+                return None
+        elif self._sync is not None:
             decision = self._sync.token_bucket_sync(key, config.rate, config.burst, 1, self._now())
         else:
             decision = await self._store.token_bucket(

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeAlias, TypeVar
 
 from shipyard.gateway.config import RouteConfig
 
@@ -32,17 +31,25 @@ def compile_template(template: str) -> re.Pattern[bytes]:
     return re.compile(("^" + pattern + "$").encode())
 
 
-@dataclass(frozen=True, slots=True)
-class RouteMatch(Generic[T]):
-    """The route that matched, its path parameters and the path to forward upstream."""
-
-    route: T
-    params: dict[str, str]
-    upstream_path: bytes
+RouteMatch: TypeAlias = tuple[T, dict[str, str], bytes]
+"""What ``Router.match`` finds: the route, its path parameters and the path to forward
+upstream. A plain tuple: one is made per request, and it is the cheapest thing to make."""
 
 
 class _Candidate(Generic[T]):
-    __slots__ = ("config", "headers", "hosts", "methods", "payload", "prefix", "regex", "rewrite")
+    __slots__ = (
+        "config",
+        "headers",
+        "hosts",
+        "methods",
+        "open_ended",
+        "payload",
+        "plain",
+        "prefix",
+        "prefix_length",
+        "regex",
+        "rewrite",
+    )
 
     def __init__(self, config: RouteConfig, payload: T) -> None:
         self.config = config
@@ -54,12 +61,24 @@ class _Candidate(Generic[T]):
             for name, value in config.headers
         )
         self.prefix = config.pattern.encode() if config.kind == "prefix" else b""
+        self.prefix_length = len(self.prefix)
+        self.open_ended = not self.prefix or self.prefix.endswith(b"/")
+        """The prefix ends at a segment boundary itself (``/`` or ``/api/``), so any path
+        starting with it matches; ``/api`` must not match ``/apix``."""
         self.regex: re.Pattern[bytes] | None = None
         if config.kind == "template":
             self.regex = compile_template(config.pattern)
         elif config.kind == "regex":
             self.regex = re.compile(config.pattern.encode())
         self.rewrite = config.rewrite
+        # Any method, host and headers, path forwarded as it came: matching the path is all.
+        self.plain = (
+            self.methods is None
+            and self.hosts is None
+            and not self.headers
+            and self.rewrite is None
+            and not config.strip_prefix
+        )
 
     def accepts(self, method: bytes, host: bytes, headers: dict[bytes, bytes]) -> bool | None:
         """True if everything matches, None if only the method is wrong, False otherwise."""
@@ -125,17 +144,16 @@ class Router(Generic[T]):
     ) -> RouteMatch[T]:
         """The matching route, or raises NoRoute."""
         key = path.lower() if self._case_insensitive else path
-        mismatch = False
-        allowed: set[bytes] = set()
-        exact = self._exact.get(key)
+        # Methods of routes that matched all but the method (for 405); rarely needed.
+        allowed: set[bytes] | None = None
+        exact = self._exact.get(key) if self._exact else None
         if exact is not None:
             for candidate in exact:
                 verdict = candidate.accepts(method, host, headers)
                 if verdict:
-                    return RouteMatch(candidate.payload, {}, candidate.forward_path(path, {}))
+                    return (candidate.payload, {}, candidate.forward_path(path, {}))
                 if verdict is None:
-                    mismatch = True
-                    allowed |= candidate.methods or set()
+                    allowed = (allowed or set()) | (candidate.methods or set())
         for candidate in self._patterns:
             assert candidate.regex is not None
             found = candidate.regex.match(path)
@@ -146,20 +164,21 @@ class Router(Generic[T]):
                 params = {
                     k: v.decode("latin-1") for k, v in found.groupdict().items() if v is not None
                 }
-                return RouteMatch(candidate.payload, params, candidate.forward_path(path, params))
+                return (candidate.payload, params, candidate.forward_path(path, params))
             if verdict is None:
-                mismatch = True
-                allowed |= candidate.methods or set()
+                allowed = (allowed or set()) | (candidate.methods or set())
         for candidate in self._prefixes:
-            prefix = candidate.prefix
-            if not key.startswith(prefix):
+            n = candidate.prefix_length
+            # A slice and == costs less than bytes.startswith (no buffer protocol).
+            if key[:n] != candidate.prefix:
                 continue
-            if len(key) > len(prefix) and key[len(prefix)] != 0x2F and not prefix.endswith(b"/"):
+            if not (candidate.open_ended or len(key) == n or key[n] == 0x2F):
                 continue  # /api must not match /apix
+            if candidate.plain:
+                return (candidate.payload, {}, path)
             verdict = candidate.accepts(method, host, headers)
             if verdict:
-                return RouteMatch(candidate.payload, {}, candidate.forward_path(path, {}))
+                return (candidate.payload, {}, candidate.forward_path(path, {}))
             if verdict is None:
-                mismatch = True
-                allowed |= candidate.methods or set()
-        raise NoRoute(mismatch, frozenset(allowed))
+                allowed = (allowed or set()) | (candidate.methods or set())
+        raise NoRoute(allowed is not None, frozenset(allowed or ()))

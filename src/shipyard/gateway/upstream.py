@@ -14,6 +14,7 @@ from typing import Protocol, cast
 
 import httptools
 
+from shipyard.gateway.deadlines import Deadlines
 from shipyard.gateway.errors import StaleConnectionError, UpstreamError, UpstreamTimeoutError
 from shipyard.gateway.filters import Header
 
@@ -75,8 +76,8 @@ class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream; one request at a time."""
 
     __slots__ = (
+        "_deadline",
         "_pool",
-        "_timer",
         "chunks",
         "complete",
         "done",
@@ -111,7 +112,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.framed = False
         self.sink: Callable[[bytes], None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0
+        """The tick of the pending deadline in the pool's ``Deadlines`` (0: none)."""
         self.reused = False
         """Taken from the idle pool (so the upstream may have closed it meanwhile)."""
         self.received = False
@@ -198,7 +200,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = None
         self.received = False
         self.head_only = head_only
-        self._timer = loop.call_later(timeout, self._timed_out, timeout)
+        self._deadline = self._pool.deadlines.add(self, timeout)
         self.transport.write(data)
         return self.head
 
@@ -229,12 +231,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._deadline:
+            self._pool.deadlines.remove(self, self._deadline)
+            self._deadline = 0
 
-    def _timed_out(self, seconds: float) -> None:
-        self._timer = None
+    def expire(self, seconds: float) -> None:
+        """The response did not complete in time (called by the pool's ``Deadlines``)."""
+        self._deadline = 0
         self._fail(UpstreamTimeoutError(f"upstream did not answer within {seconds:g}s"))
 
     def _fail(self, error: Exception) -> None:
@@ -252,6 +255,8 @@ class UpstreamPool:
 
     def __init__(self, *, max_idle_per_instance: int = 256) -> None:
         self.loop = asyncio.get_running_loop()
+        self.deadlines = Deadlines(self.loop)
+        """Response deadlines of this pool's requests."""
         self._idle: dict[tuple[str, int], deque[UpstreamConnection]] = {}
         self._max_idle = max_idle_per_instance
 
