@@ -12,7 +12,14 @@ import msgspec
 import pytest
 
 from shipyard.core import ManualClock
-from shipyard.messaging import Event, EventBus, EventRegistry, Transport, open_transport
+from shipyard.messaging import (
+    Event,
+    EventBus,
+    EventRegistry,
+    Transport,
+    install_schema,
+    open_transport,
+)
 from shipyard.storage import Database, open_database
 from tests.conftest import require_server
 
@@ -112,3 +119,12 @@ async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[T
 
 
 Recorder = Callable[[Any, Any], Awaitable[None]]
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A producer's SQLite database with the outbox installed."""
+    database = await open_database(f"sqlite:///{tmp_path / 'orders.db'}")
+    await install_schema(database)
+    yield database
+    await database.close()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -39,14 +38,6 @@ class FlakyTransport(MemoryTransport):
         if self.down:
             raise TransportError("broker unreachable")
         await super().publish(messages)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(f"sqlite:///{tmp_path / 'orders.db'}")
-    await install_schema(database)
-    yield database
-    await database.close()
 
 
 async def published(transport: MemoryTransport, start: StartFrom = "beginning") -> list[str]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
 from shipyard import ConfigError
-from shipyard.messaging import MemoryTransport, Outbox, OutboxRelay, WireMessage, install_schema
-from shipyard.storage import Database, open_database
+from shipyard.messaging import MemoryTransport, Outbox, OutboxRelay, WireMessage
+from shipyard.storage import Database
 from tests.messaging.conftest import OrderCreated, eventually, make_registry
 
 
@@ -23,14 +22,6 @@ class RecordingTransport(MemoryTransport):
     async def publish(self, messages: Sequence[WireMessage]) -> None:
         self.batches.append(len(messages))
         await super().publish(messages)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(f"sqlite:///{tmp_path / 'orders.db'}")
-    await install_schema(database)
-    yield database
-    await database.close()
 
 
 async def commit_one_by_one(db: Database, outbox: Outbox, count: int) -> None:

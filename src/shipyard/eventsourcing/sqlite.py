@@ -41,12 +41,13 @@ from shipyard.eventsourcing.store import (
     Snapshot,
     SqlEventStore,
     StoredEvent,
+    events_by_stream,
     load_in,
     split_load,
 )
 from shipyard.storage import Database, Transaction
 from shipyard.storage.group_commit import DeferredOutcome, WriteAlone
-from shipyard.storage.sqlite import SqliteTransaction
+from shipyard.storage.sqlite import SqliteTransaction, apply_write
 
 _COLUMNS = "(stream_id, version, event_id, name, body, recorded_at)"
 _ROWS_PER_INSERT = 5000  # 6 parameters each: under SQLite's 32,766-parameter limit
@@ -109,7 +110,7 @@ class _Append(DeferredOutcome[int]):
         for sql, params in inserts[1:]:
             conn.execute(sql, params)
         for write in self.writes:
-            _apply_one(conn, write)
+            apply_write(conn, write)
         self.value = self.version
 
 
@@ -191,16 +192,6 @@ class _AfterAppend:
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the transaction has committed, if the append went in."""
         self._tx.after_commit(partial(_if_written, self._append, callback))
-
-
-def _apply_one(conn: sqlite3.Connection, write: _Write) -> None:
-    op, params, many = write
-    if many is None:
-        op(conn, *params)
-    elif many:
-        conn.executemany(op, params)
-    else:
-        conn.execute(op, params)
 
 
 class SqliteEventStore(SqlEventStore):
@@ -388,13 +379,7 @@ class SqliteEventStore(SqlEventStore):
         streams = list(dict.fromkeys(stream_id for stream_id, _ in wanted))
         async with self._db.transaction(readonly=True) as tx:
             rows = await tx.fetch(self._many("read", len(streams)), *streams)
-        found: dict[str, list[StoredEvent]] = {}
-        for row in rows:
-            event = StoredEvent(*row)
-            events = found.get(event.stream_id)
-            if events is None:
-                events = found[event.stream_id] = []
-            events.append(event)
+        found = events_by_stream(rows)
         return [
             [event for event in found.get(stream_id, ()) if event.version >= from_version]
             for stream_id, from_version in wanted

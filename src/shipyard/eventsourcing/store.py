@@ -16,7 +16,7 @@ it), so it costs one round trip and sees one consistent state.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,6 +126,19 @@ class EventStore(Protocol):
 
     def on_append(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` after each commit that appended events; returns an unsubscribe."""
+
+
+def events_by_stream(rows: Iterable[Sequence[Any]]) -> dict[str, list[StoredEvent]]:
+    """Event rows (position, stream_id, version, event_id, name, body) grouped by stream,
+    each list in the rows' order."""
+    found: dict[str, list[StoredEvent]] = {}
+    for row in rows:
+        event = StoredEvent(*row)
+        stream = found.get(event.stream_id)
+        if stream is None:
+            stream = found[event.stream_id] = []
+        stream.append(event)
+    return found
 
 
 class SqlEventStore:
@@ -271,22 +284,15 @@ class SqlEventStore:
 
     async def read_streams(self, stream_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
         """Events of several streams in one round trip, each list in version order."""
-        found: dict[str, list[StoredEvent]] = {}
         if not stream_ids:
-            return found
+            return {}
         marks = ",".join("?" * len(stream_ids))
         rows = await self._query(
             f"SELECT position, stream_id, version, event_id, name, body FROM {EVENTS}"
             f" WHERE stream_id IN ({marks}) ORDER BY stream_id, version",
             *stream_ids,
         )
-        for row in rows:
-            event = StoredEvent(*row)
-            stream = found.get(event.stream_id)
-            if stream is None:
-                stream = found[event.stream_id] = []
-            stream.append(event)
-        return found
+        return events_by_stream(rows)
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         """Up to ``limit`` events after ``after_position`` in the global order."""

@@ -51,13 +51,7 @@ class LocalRateLimitStore(MemoryRateLimitStore):
                     tokens = float(burst)
         if tokens + _EPSILON >= 1:
             tokens = tokens - 1.0 if tokens > 1.0 else 0.0
-            full_at = now + (burst - tokens) / rate
-            if bucket is None:
-                self._insert(key, [tokens, now, full_at], now)
-            else:
-                bucket[0] = tokens
-                bucket[1] = now
-                bucket[2] = full_at
+            self._store(key, bucket, tokens, now, now + (burst - tokens) / rate)
             return None
         return self._refuse(key, bucket, tokens, rate, burst, 1, now)
 

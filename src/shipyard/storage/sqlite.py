@@ -171,15 +171,22 @@ def _commit_group(group: list[_Job]) -> None:
             loop.call_soon_threadsafe(_resolve, future, True, None)
 
 
+def apply_write(conn: sqlite3.Connection, write: _Deferred) -> None:
+    """Run one deferred write on ``conn``: ``(sql, params, False)`` executes,
+    ``(sql, rows, True)`` executes many, ``(fn, args, None)`` calls ``fn(conn, *args)``."""
+    op, params, many = write
+    if many is None:
+        op(conn, *params)
+    elif many:
+        conn.executemany(op, params)
+    else:
+        conn.execute(op, params)
+
+
 def _apply(conn: sqlite3.Connection, queued: list[_Deferred]) -> None:
     """Run deferred writes (and deferred calls) in order on ``conn``."""
-    for op, params, many in queued:
-        if many is None:
-            op(conn, *params)
-        elif many:
-            conn.executemany(op, params)
-        else:
-            conn.execute(op, params)
+    for write in queued:
+        apply_write(conn, write)
 
 
 class _Worker:
