@@ -105,3 +105,46 @@ async def test_loads_arriving_together_each_get_their_own_aggregate(db: PooledDa
         assert isinstance(order, Order)
         expected = ("shipped" if n % 2 else "placed", f"c{n}", 100 + n, 1 + n % 2)
         assert (order.status, order.customer, order.total_cents, order.version) == expected
+
+
+async def test_a_lone_sqlite_save_commits_on_the_loop_and_concurrent_ones_share_commits(
+    tmp_path: Path,
+) -> None:
+    db = await open_database(f"sqlite:///{tmp_path / 'events.db'}")
+    written_here: list[bool] = []
+    write_now = db.write_now  # type: ignore[attr-defined]
+
+    def recording(fn: object, **options: object) -> bool:
+        done: bool = write_now(fn, **options)
+        written_here.append(done)
+        return done
+
+    db.write_now = recording  # type: ignore[attr-defined]
+    try:
+        store = await open_event_store(db, clock=ManualClock())
+        repo = Repository(store, Order, registry=shop_registry())
+        order = Order("lone")
+        order.place("ann", 5)
+        assert await repo.save(order) == 1
+        assert written_here == [True]
+
+        stale = Order("lone")  # thinks the stream is new
+        stale.place("bob", 7)
+        with pytest.raises(ConcurrencyError):
+            await repo.save(stale)
+        assert written_here == [True, True]  # refused on the loop, nothing written
+        assert [e.version for e in await store.read_stream("Order-lone")] == [1]
+        assert (await repo.load("lone")).customer == "ann"
+
+        orders = [Order(f"o-{n}") for n in range(20)]
+        for n, each in enumerate(orders):
+            each.place(f"c{n}", n)
+        before = store._committer.transactions
+        await asyncio.gather(*(repo.save(each) for each in orders))
+        assert written_here == [True, True]  # company: none of them on the loop
+        assert store._committer.transactions - before < 20  # they shared commits
+        assert [(await repo.load(f"o-{n}")).customer for n in range(20)] == [
+            f"c{n}" for n in range(20)
+        ]
+    finally:
+        await db.close()

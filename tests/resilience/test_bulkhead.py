@@ -342,3 +342,20 @@ def test_decorated_sync_function_stays_sync_respects_the_cap_and_frees_on_error(
     assert read(5) == 5
     assert seen == [1, 1, 1]
     assert bulkhead.metrics == BulkheadMetrics(0, 0, 1, 1)
+
+
+async def test_try_acquire_takes_only_a_free_slot_nobody_queues_for() -> None:
+    bulkhead = Bulkhead("db", 1, max_queue=1, max_wait=None)
+
+    assert bulkhead.try_acquire() is True
+    assert bulkhead.try_acquire() is False  # full: no wait, no rejection counted
+    waiter = asyncio.ensure_future(bulkhead.acquire())
+    await settle()
+    bulkhead.release()  # the slot passes to the queued caller, so a try still fails
+    await waiter
+    assert bulkhead.try_acquire() is False
+    bulkhead.release()
+
+    assert bulkhead.try_acquire() is True
+    bulkhead.release()
+    assert bulkhead.metrics == BulkheadMetrics(active=0, queued=0, rejected=0, max_concurrent=1)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import pytest
 
 from shipyard import ConfigError
-from shipyard.storage import Database, GroupCommitter, Transaction, open_database
+from shipyard.storage import Database, GroupCommitter, Transaction, group_commit, open_database
 
 
 class Refused(ValueError):
@@ -142,3 +142,69 @@ async def test_limits_below_one_are_refused_naming_the_option(db: Database, opti
 
     with pytest.raises(ConfigError, match=field):
         GroupCommitter(db, write_items, **{option: 0})
+
+
+class Paths:
+    """``alone`` and ``now`` for a committer, recording which one wrote each item."""
+
+    def __init__(self, db: Database, *, now_can: bool = True) -> None:
+        self.db = db
+        self.now_can = now_can
+        self.by_now: list[str] = []
+
+    def alone(self, item: str) -> Awaitable[str]:
+        return self._alone(item)
+
+    async def _alone(self, item: str) -> str:
+        async with self.db.transaction() as tx:
+            await tx.execute("INSERT INTO items (id) VALUES (?)", item)
+        return f"alone {item}"
+
+    def now(self, item: str) -> str | None:
+        if not self.now_can:
+            return None
+        self.by_now.append(item)
+        return f"now {item}"
+
+
+async def test_a_lone_write_with_no_company_is_written_now(db: Database) -> None:
+    paths = Paths(db)
+    committer = GroupCommitter(db, write_items, alone=paths.alone, now=paths.now)
+
+    assert await committer.submit("a") == "now a"
+    assert await committer.submit("b") == "now b"
+
+    assert paths.by_now == ["a", "b"]
+    assert (committer.transactions, committer.written) == (2, 2)
+
+
+async def test_when_now_cannot_write_the_item_takes_the_usual_path(db: Database) -> None:
+    paths = Paths(db, now_can=False)
+    committer = GroupCommitter(db, write_items, alone=paths.alone, now=paths.now)
+
+    assert await committer.submit("a") == "alone a"
+    assert await stored(db) == ["a"]
+
+
+async def test_writes_arriving_together_share_a_transaction_and_keep_now_off_for_a_while(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(group_commit, "_monotonic", lambda: clock[0])
+    paths = Paths(db)
+    committer = GroupCommitter(db, write_items, alone=paths.alone, now=paths.now)
+
+    outcomes = await asyncio.gather(*(committer.submit(f"i{n:02}") for n in range(20)))
+
+    # Nothing went the synchronous way: the first waited off the loop, the rest shared
+    # the next transaction behind it.
+    assert paths.by_now == []
+    assert outcomes[0] == "alone i00"
+    assert outcomes[1:] == [f"wrote i{n:02}" for n in range(1, 20)]
+    assert (committer.transactions, committer.written) == (2, 20)
+    # Right after company, a lone write still goes off the loop ...
+    clock[0] += group_commit.CONTENDED_FOR / 2
+    assert await committer.submit("lone") == "alone lone"
+    # ... and once it has been quiet for CONTENDED_FOR, the synchronous way is back.
+    clock[0] += group_commit.CONTENDED_FOR
+    assert await committer.submit("quiet") == "now quiet"

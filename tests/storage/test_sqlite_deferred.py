@@ -167,9 +167,9 @@ async def test_queued_one_trip_transactions_share_a_commit_and_keep_their_own_er
     group_sizes: list[int] = []
     commit_group = sqlite_module._commit_group
 
-    def spying(group: list[Any]) -> None:
+    def spying(group: list[Any], answers: list[Any]) -> None:
         group_sizes.append(len(group))
-        commit_group(group)
+        commit_group(group, answers)
 
     monkeypatch.setattr(sqlite_module, "_commit_group", spying)
     async with db.transaction() as tx:

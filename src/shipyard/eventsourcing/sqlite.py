@@ -46,7 +46,7 @@ from shipyard.eventsourcing.store import (
     split_load,
 )
 from shipyard.storage import Database, Transaction
-from shipyard.storage.group_commit import DeferredOutcome, WriteAlone
+from shipyard.storage.group_commit import DeferredOutcome, WriteAlone, WriteNow
 from shipyard.storage.sqlite import SqliteTransaction, apply_write
 
 _COLUMNS = "(stream_id, version, event_id, name, body, recorded_at)"
@@ -207,6 +207,8 @@ class SqliteEventStore(SqlEventStore):
         # A database that runs a step as a write transaction of its own (one trip, no
         # transaction object): how a lone save is written.
         self._write_step: Callable[[_Append], Awaitable[None]] | None = getattr(db, "write", None)
+        # ... and one that may run it right away on the event loop (``write_now``).
+        self._write_here: Callable[[_Append], bool] | None = getattr(db, "write_now", None)
         super().__init__(db, **options)
         self._insert_sql: dict[int, str] = {}
         self._batch_sql: dict[tuple[str, int], str] = {}
@@ -247,6 +249,25 @@ class SqliteEventStore(SqlEventStore):
 
     def _alone_writer(self) -> WriteAlone[Commit, int] | None:
         return None if self._write_step is None else self._write_alone
+
+    def _now_writer(self) -> WriteNow[Commit, int] | None:
+        return None if self._write_here is None else self._write_now
+
+    def _write_now(self, commit: Commit) -> int | None:
+        # A lone append committed on the loop when the database can do that without
+        # waiting; ``None`` sends it down the usual path.
+        if commit.extra is not None or not commit.events:
+            return None
+        assert self._write_here is not None
+        append = self._append_step(commit.stream_id, commit.events, commit.expected_version)
+        assert append is not None  # events are not empty
+        if not self._write_here(append):
+            return None
+        if not append.written:
+            raise append.value  # type: ignore[misc]  # the ConcurrencyError
+        if self._listeners:
+            self._notify()
+        return append.version
 
     def _write_alone(self, commit: Commit) -> Awaitable[int] | None:
         # Extra writes (snapshot, outbox) run against a transaction: batch path.

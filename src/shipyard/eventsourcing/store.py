@@ -25,7 +25,7 @@ import msgspec
 from shipyard.core import SYSTEM_CLOCK, Clock
 from shipyard.eventsourcing.errors import ConcurrencyError
 from shipyard.storage import Database, GroupCommitter, Row, Transaction
-from shipyard.storage.group_commit import DeferredOutcome, WriteAlone
+from shipyard.storage.group_commit import DeferredOutcome, WriteAlone, WriteNow
 
 EVENTS = "es_events"
 STREAMS = "es_streams"
@@ -172,10 +172,15 @@ class SqlEventStore:
             transactions=group_commit,
             max_batch=max_batch,
             alone=self._alone_writer(),
+            now=self._now_writer(),
         )
 
     def _alone_writer(self) -> WriteAlone[Commit, int] | None:
         """How a lone append is written without a transaction, if the dialect can."""
+        return None
+
+    def _now_writer(self) -> WriteNow[Commit, int] | None:
+        """How a lone append with no company is written synchronously, if the database can."""
         return None
 
     async def _query(self, sql: str, *params: Any) -> list[Row]:

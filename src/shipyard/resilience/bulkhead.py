@@ -263,6 +263,17 @@ class Bulkhead(Policy):
         if self.events.has_listeners:
             self._emit("acquired")
 
+    def try_acquire(self) -> bool:
+        """Take a free slot at once if there is one (and nobody queued ahead); never
+        waits and never counts a rejection. Pair a ``True`` with ``release()``."""
+        with self._lock:
+            if self._active >= self.max_concurrent or self._waiters:
+                return False
+            self._active += 1
+        if self.events.has_listeners:
+            self._emit("acquired")
+        return True
+
     async def _wait(self, waiter: _AsyncWaiter) -> None:
         timer: TimerHandle | None = None
         if self.max_wait is not None:

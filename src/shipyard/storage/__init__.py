@@ -27,7 +27,13 @@ from shipyard.storage.errors import (
     StorageError,
     UnknownPoolError,
 )
-from shipyard.storage.group_commit import GroupCommitter, WriteBatch
+from shipyard.storage.group_commit import (
+    DeferredOutcome,
+    GroupCommitter,
+    WriteAlone,
+    WriteBatch,
+    WriteNow,
+)
 from shipyard.storage.migrations import Migration, load_migrations, migrate
 from shipyard.storage.monitor import DatabaseHealth, database_breaker
 from shipyard.storage.pools import DEFAULT_POOLS, PoolConfig, PoolMetrics, PoolSettings, PoolView
@@ -71,6 +77,9 @@ __all__ = [
     # group commit
     "GroupCommitter",
     "WriteBatch",
+    "WriteAlone",
+    "WriteNow",
+    "DeferredOutcome",
     # migrations
     "migrate",
     "load_migrations",

@@ -17,6 +17,14 @@ A lone item can skip the transaction altogether: with ``alone``, an item that fi
 nothing queued is written by ``alone(item)`` — on PostgreSQL one statement that is a
 transaction by itself, one round trip instead of BEGIN, the write and COMMIT.
 
+An item that arrives while nothing else is in flight, and has found no company for a
+while, may be written synchronously by ``now(item)`` (SQLite writes it on the event loop,
+skipping two thread hand-offs); ``now`` answers ``None`` when it cannot, and the item takes
+the ``alone`` path. Any sign of company — another item arriving in the same loop turn,
+or items queued behind a running transaction — turns ``now`` off for
+``CONTENDED_FOR`` seconds: under load, a write that waits for its commit off the loop lets
+the loop take the next requests and lets those writes share one commit.
+
 A batch writer may also leave an item's work to the commit itself (SQLite's deferred
 writes, so a whole batch is one trip to the database thread): it answers that item with a
 :class:`DeferredOutcome` that the deferred work fills in, and which is read once the
@@ -28,12 +36,15 @@ Used by the event store (``shipyard.eventsourcing``) and the saga log (``shipyar
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from shipyard.core import validation
 from shipyard.storage.database import Database, Transaction
+
+_monotonic = time.monotonic
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,6 +69,13 @@ outcome per item, in order — its result, the exception it fails with having wr
 nothing, or a :class:`DeferredOutcome` read after the commit. Raising rolls the whole
 batch back (each item is then retried alone)."""
 
+WriteNow = Callable[[T], R | None]
+"""``now(item)``: write ``item`` at once, synchronously, and return its result (never
+``None``; raise having written nothing), or return ``None`` when it cannot right now."""
+
+CONTENDED_FOR = 0.05
+"""Seconds :class:`GroupCommitter` keeps ``now`` off after it saw concurrent writes."""
+
 WriteAlone = Callable[[T], Awaitable[R] | None]
 """``alone(item)``: an awaitable writing ``item`` on its own, without a transaction of the
 committer's (its result, or it raises having written nothing), or ``None`` when ``item``
@@ -77,10 +95,14 @@ class GroupCommitter(Generic[T, R]):
         transactions: int = 1,
         max_batch: int = 256,
         alone: WriteAlone[T, R] | None = None,
+        now: WriteNow[T, R] | None = None,
     ) -> None:
         self._db = db
         self._write = write
         self._alone = alone
+        self._now = now
+        self._arriving = 0  # lone-path callers yielding their one loop turn
+        self._contended_until = 0.0
         self._transactions = validation.at_least("group_commit", transactions, 1)
         self._max_batch = validation.at_least("max_batch", max_batch, 1)
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
@@ -97,14 +119,29 @@ class GroupCommitter(Generic[T, R]):
             # It would be written alone, and its first round trip commits: yield once
             # first, so a caller cancelled as soon as it started (the moment a BEGIN
             # would be in flight) leaves nothing written, as with a transaction.
-            await asyncio.sleep(0)
+            self._arriving += 1
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._arriving -= 1
             if not self._queue and self._running < self._transactions:
+                if self._now is not None and not self._running:
+                    if self._arriving:
+                        self._contended()  # others arrived in the same turn
+                    elif _monotonic() >= self._contended_until:
+                        result = self._now(item)
+                        if result is not None:
+                            self.transactions += 1
+                            self.written += 1
+                            return result
                 write = self._alone(item)
                 if write is not None:
                     return await self._write_alone(write)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._running >= self._transactions:
+            if self._now is not None:
+                self._contended()
             return await future  # a running transaction takes it next
         # Lead: run batches in this task until our own item is done, so an uncontended
         # write spawns no task; whatever queued up meanwhile goes to a background task.
@@ -137,6 +174,9 @@ class GroupCommitter(Generic[T, R]):
         self.transactions += 1
         self.written += 1
         return result
+
+    def _contended(self) -> None:
+        self._contended_until = _monotonic() + CONTENDED_FOR
 
     def _spawn_drain(self) -> None:
         task = asyncio.create_task(self._drain())

@@ -158,6 +158,15 @@ class Pools:
         finally:
             bulkhead.release()
 
+    def try_take(self, pool: str) -> bool:
+        """Take one of ``pool``'s slots only if one is free now (no wait, no rejection
+        counted); give a ``True`` back with :meth:`give_back`."""
+        return self._bulkheads[pool].try_acquire()
+
+    def give_back(self, pool: str) -> None:
+        """Return a slot :meth:`try_take` took."""
+        self._bulkheads[pool].release()
+
     def metrics(self) -> dict[str, PoolMetrics]:
         """A snapshot of every pool, by name."""
         out = {}
