@@ -49,7 +49,7 @@ from shipyard.eventsourcing.store import (
     StoredEvent,
     load_in,
 )
-from shipyard.messaging import Event, EventRegistry, Outbox, UnknownEventError
+from shipyard.messaging import Event, EventRegistry, Outbox, UnknownEventError, WireMessage
 from shipyard.storage import Transaction
 
 A = TypeVar("A", bound=Aggregate)
@@ -212,11 +212,9 @@ class Repository(Generic[A]):
             return aggregate.version
         expected = aggregate.version - len(pending)
         encode = self._registry.encode
-        new_events = []
-        for event in pending:
-            message = encode(event)
-            new_events.append(NewEvent(message.event_id, message.name, message.body))
-        extra = self._extra(aggregate, expected, list(pending))
+        messages = [encode(event) for event in pending]
+        new_events = [NewEvent(m.event_id, m.name, m.body) for m in messages]
+        extra = self._extra(aggregate, expected, list(pending), messages)
         if tx is None:
             commit = Commit(aggregate.stream_id, new_events, expected, extra)
             version = await self._store.commit(commit)
@@ -227,7 +225,9 @@ class Repository(Generic[A]):
         aggregate._take_pending()
         return version
 
-    def _extra(self, aggregate: A, expected: int, events: list[Event]) -> Any:
+    def _extra(
+        self, aggregate: A, expected: int, events: list[Event], messages: list[WireMessage]
+    ) -> Any:
         snapshot = None
         every = self._every
         if every is not None and aggregate.version // every > expected // every:
@@ -243,7 +243,10 @@ class Repository(Generic[A]):
             if snapshot is not None:
                 await store.save_snapshot_in(tx, snapshot)
             if outbox is not None:
-                await outbox.add(tx, *events)
+                if outbox.registry is self._registry:  # encoded alike: not twice
+                    await outbox.add_encoded(tx, messages)
+                else:
+                    await outbox.add(tx, *events)
 
         return extra
 

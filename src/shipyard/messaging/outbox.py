@@ -40,7 +40,11 @@ class Outbox:
         written with ``tx``'s next statement or its commit (one round trip fewer), so a
         database error storing it (a duplicate event id) is raised there.
         """
-        messages = [self.registry.encode(event) for event in events]
+        await self.add_encoded(tx, [self.registry.encode(event) for event in events])
+
+    async def add_encoded(self, tx: Transaction, messages: list[WireMessage]) -> None:
+        """:meth:`add` for events already encoded (and so validated) by ``registry``:
+        an event-sourced save has encoded them for the event store."""
         now = self._clock.now()
         rows = [(m.event_id, m.name, m.ordering_key, m.body, now) for m in messages]
         # Nobody reads the INSERT's result, so where the transaction can defer it (SQLite)
