@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from bench.local_servers import free_port, nginx_conf, taskset, wait_port
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "1.5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
@@ -68,50 +69,17 @@ except ImportError:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
 def pinned(command: list[str]) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
-        return ["taskset", "-c", UPSTREAM_CORE, *command]
-    return command
+    return taskset(UPSTREAM_CORE, command) if (os.cpu_count() or 1) >= 2 else command
 
 
 def start_upstream(tmp: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
     nginx = shutil.which("nginx", path="/usr/sbin:/usr/bin")
     if nginx:
-        conf = tmp / "nginx.conf"
-        conf.write_text(
-            f"""
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 120s;
-  server {{ listen 127.0.0.1:{port};
-    location / {{ default_type application/json; return 200 '{BODY}'; }} }}
-}}
-"""
+        conf = nginx_conf(
+            tmp,
+            f"""server {{ listen 127.0.0.1:{port};
+                location / {{ default_type application/json; return 200 '{BODY}'; }} }}""",
         )
         return subprocess.Popen(pinned([nginx, "-c", str(conf)])), "nginx (1 worker)"
     script = tmp / "upstream.py"

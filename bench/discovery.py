@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.local_servers import free_port, taskset, wait_port
 from bench.timing import AsyncCase, print_overhead_table, time_async_cases, time_sync_cases
 
 if TYPE_CHECKING:
@@ -62,32 +62,6 @@ LIMIT = 30.0
 # --- processes ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + LIMIT
-    while not port_open(port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"{what} did not start on port {port}")
-        time.sleep(0.02)
-
-
-def taskset(core: str, command: list[str]) -> list[str]:
-    return ["taskset", "-c", core, *command] if shutil.which("taskset") else command
-
-
 def start_registry(port: int) -> subprocess.Popen[bytes]:
     """``shipyard registry`` as its own process (no snapshot file), pinned to REGISTRY_CORE."""
     command = [
@@ -99,7 +73,7 @@ def start_registry(port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         taskset(REGISTRY_CORE, command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    wait_port(port, process, "shipyard registry")
+    wait_port(port, LIMIT, process=process, what="shipyard registry")
     return process
 
 
@@ -109,7 +83,7 @@ def start_etcd(binary: str, data_dir: Path, port: int) -> subprocess.Popen[bytes
     command += ["--advertise-client-urls", client, "--listen-peer-urls", peer]
     command += ["--initial-advertise-peer-urls", peer, "--initial-cluster", f"default={peer}"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, process, "etcd")
+    wait_port(port, LIMIT, process=process, what="etcd")
     return process
 
 

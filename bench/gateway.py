@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.local_servers import free_port, nginx_conf, taskset, wait_port
+
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 CONNECTIONS = 64
@@ -66,23 +68,6 @@ app = Starlette(routes=[Route("/{{path:path}}", proxy, methods=["GET", "POST"])]
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
 def hs256_token(claims: dict[str, object]) -> str:
     def part(data: bytes) -> bytes:
         return base64.urlsafe_b64encode(data).rstrip(b"=")
@@ -91,31 +76,6 @@ def hs256_token(claims: dict[str, object]) -> str:
     payload = part(json.dumps(claims).encode())
     signature = hmac.new(SECRET.encode(), header + b"." + payload, hashlib.sha256).digest()
     return (header + b"." + payload + b"." + part(signature)).decode()
-
-
-def taskset(core: str, command: list[str]) -> list[str]:
-    return ["taskset", "-c", core, *command] if shutil.which("taskset") else command
-
-
-def nginx_conf(tmp: Path, body: str) -> Path:
-    conf = tmp / f"nginx-{len(list(tmp.iterdir()))}.conf"
-    conf.write_text(
-        f"""
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx-{conf.stem}.pid;
-error_log {tmp}/error-{conf.stem}.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
-  {body}
-}}
-"""
-    )
-    return conf
 
 
 def wrk(url: str, headers: list[str], seconds: int) -> dict[str, float]:
