@@ -298,10 +298,10 @@ _RAW_TABLE = (
 class RawSqlite:
     """sqlite3 committing one event row per transaction."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: str = "FULL") -> None:
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.execute(_RAW_TABLE.format(pk="INTEGER PRIMARY KEY", blob="BLOB"))
 
     def append(self, numbers: range) -> None:
@@ -501,6 +501,51 @@ async def _sqlite(tmp: str) -> None:
     try:
         _print("SQLite file (synchronous=FULL, WAL)", await compare(ours, lib, raw.append))
     finally:
+        await ours.close()
+        lib.close()
+        raw.conn.close()
+    await _sqlite_without_fsync(tmp)
+
+
+async def _sqlite_without_fsync(tmp: str, aggregates: int = 500, rounds: int = 5) -> None:
+    """One save at a time at ``synchronous=OFF`` for all three (no fsync, the same setting
+    for each): what is left is each store's own work per save."""
+    from eventsourcing.sqlite import SQLiteConnectionPool
+
+    create = SQLiteConnectionPool._create_connection
+
+    def without_fsync(pool: Any) -> Any:
+        conn = create(pool)
+        conn._sqlite_conn.execute("PRAGMA synchronous=OFF")
+        return conn
+
+    SQLiteConnectionPool._create_connection = without_fsync  # type: ignore[method-assign]
+    ours = Ours(f"sqlite:///{tmp}/ours-off.db", synchronous="OFF")
+    await ours.open()
+    lib = Library(
+        {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": f"{tmp}/lib-off.db"},
+        lambda: (None, "?"),
+    )
+    raw = RawSqlite(f"{tmp}/raw-off.db", synchronous="OFF")
+    try:
+        warm = range(WARM_UP_IDS, WARM_UP_IDS + WARM_UP)
+        await ours.append(warm, 1)
+        lib.append(warm)
+        raw.append(warm)
+        clock = Clockwork()
+        for chunk in _rounds(aggregates, rounds):
+            events = len(chunk) * EVENTS_PER_AGGREGATE
+            await clock.time("ours", events, ours.append(chunk, 1))
+            await clock.time("lib", events, functools.partial(lib.append, chunk))
+            await clock.time("raw", events, functools.partial(raw.append, chunk))
+        ours_us, lib_us, raw_us = (1e6 / clock.rate(case) for case in ("ours", "lib", "raw"))
+        print(
+            f"one at a time, synchronous=OFF (no fsync: each store's own work), per save: ours"
+            f" {ours_us:.0f} us, library {lib_us:.0f} us ({lib_us / ours_us:.1f}x), raw insert"
+            f" {raw_us:.0f} us"
+        )
+    finally:
+        SQLiteConnectionPool._create_connection = create  # type: ignore[method-assign]
         await ours.close()
         lib.close()
         raw.conn.close()
