@@ -4,12 +4,24 @@ Envoy-style: each filter has one concern; ``on_request`` returns ``None`` to con
 ``Reply`` to stop the chain and answer locally (401, 429, ...). The router is simply the
 last filter and always returns a reply. Chains are composed once per route at start-up
 (KrakenD/Lura style), so nothing is decided per request that could be decided before.
+
+Two ways through a chain. ``Chain.handle`` is a coroutine: every filter's ``on_request``
+is awaited, then the router. ``Chain.answer`` is the callback path the server takes on
+every request: filters that can decide without waiting (``Filter.decide``: a JWT already
+in the verified cache, an in-process token bucket) decide synchronously, and a router
+with an ``answer_from_callbacks`` method (``proxy.Proxy``) writes the request upstream
+and later hands the reply to the client connection from the upstream's own callback
+(``Responder``). No coroutine, future or loop step is made for such a request. Whatever
+cannot be decided that way (a cache miss, a store that must be awaited, a router without
+that method) returns the rest of the coroutine path instead, from the filter that could
+not decide on, so no filter runs twice.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -128,6 +140,32 @@ class Exchange:
         self.bytes_sent = 0
 
 
+class Undecided(enum.Enum):
+    """``Filter.decide``'s answer when only ``on_request`` (awaited) can decide."""
+
+    UNDECIDED = 0
+
+
+UNDECIDED = Undecided.UNDECIDED
+Decision = Reply | None | Literal[Undecided.UNDECIDED]
+"""What ``Filter.decide`` returns: a Reply (answer now), None (go on) or UNDECIDED."""
+
+Pending = Awaitable[Reply]
+"""The rest of a request's coroutine path, for the server to run (``Chain.answer``)."""
+
+
+class Responder(Protocol):
+    """Where a router that answers from callbacks delivers its reply: the client
+    connection waiting for it (``server.HttpConnection``). Exactly one call per request."""
+
+    def resume(self, reply: Reply) -> None:
+        """The reply is ready: send it and go on with the connection's next request."""
+
+    def resume_later(self, pending: Pending) -> None:
+        """The reply needs the coroutine path after all: await ``pending`` and send its
+        reply (its exceptions are handled as the coroutine path's are)."""
+
+
 class Filter:
     """Base of gateway filters. Override what you need; the defaults do nothing.
 
@@ -148,6 +186,15 @@ class Filter:
         """Inspect or change the request; return a Reply to answer without going on."""
         return None
 
+    def decide(self, exchange: Exchange) -> Decision:
+        """``on_request`` without awaiting, when the filter can (the fast path).
+
+        Return what ``on_request`` would, or ``UNDECIDED`` (having changed nothing) when
+        only ``on_request`` can tell; it is then awaited instead. Must not set context
+        variables (the fast path runs in no per-request context). The default never
+        decides, so a filter that only overrides ``on_request`` keeps working."""
+        return UNDECIDED
+
     def on_response(self, exchange: Exchange, reply: Reply) -> Reply:
         """Change the response on its way out (e.g. add CORS headers); runs in reverse
         filter order on every reply of the route, local replies included."""
@@ -158,6 +205,9 @@ class Filter:
 
 
 Handler = Callable[[Exchange], Awaitable[Reply]]
+Start = Callable[[Exchange, Responder], Reply | Pending | None]
+"""A router's optional ``answer_from_callbacks(exchange, responder)``, the contract of
+``Chain.answer`` (``Proxy`` has one)."""
 
 
 def runs_inline(handler: Handler) -> bool:
@@ -170,9 +220,12 @@ class Chain:
     """A route's filters followed by its router, fixed at start-up."""
 
     __slots__ = (
+        "_deciders",
         "_filters",
         "_responses",
         "_router",
+        "_start",
+        "answer",
         "completions",
         "handle",
         "runs_inline",
@@ -204,6 +257,48 @@ class Chain:
         self.strips = strips
         self.runs_inline = all(f.runs_inline for f in filters) and runs_inline(router)
         """Whether requests on this chain may run without a Task (``Filter.runs_inline``)."""
+        # Per request filter its decide(), None where it has none (the coroutine path
+        # takes over there); the router's answer_from_callbacks() where it has one.
+        self._deciders = tuple(
+            f.decide if type(f).decide is not Filter.decide else None
+            for f in filters
+            if type(f).on_request is not Filter.on_request
+        )
+        start = getattr(router, "answer_from_callbacks", None)
+        self._start: Start | None = start if callable(start) else None
+        self.answer: Callable[[Exchange, Responder], Reply | Pending | None] = (
+            # Response filters must see every reply: such routes keep the coroutine path.
+            self._answer_handle if self._responses else self._answer
+        )
+        """Start answering a request (the server's entry point): returns the Reply, or
+        the coroutine path's rest to run, or None when the router will call
+        ``responder.resume`` (or ``resume_later``) itself."""
+
+    def _answer(self, exchange: Exchange, responder: Responder) -> Reply | Pending | None:
+        for index, decide in enumerate(self._deciders):
+            if decide is None:
+                return self._handle_from(exchange, index)
+            reply = decide(exchange)
+            if reply is not None:
+                if reply is UNDECIDED:
+                    return self._handle_from(exchange, index)
+                return reply
+        start = self._start
+        if start is None:
+            return self._router(exchange)
+        return start(exchange, responder)
+
+    def _answer_handle(self, exchange: Exchange, responder: Responder) -> Pending:
+        return self.handle(exchange)
+
+    async def _handle_from(self, exchange: Exchange, index: int) -> Reply:
+        """The coroutine path from the ``index``-th request filter on (no reply filters:
+        ``_answer`` is only used on chains without them)."""
+        for on_request in self._filters[index:]:
+            reply = await on_request(exchange)
+            if reply is not None:
+                return reply
+        return await self._router(exchange)
 
     async def _handle(self, exchange: Exchange) -> Reply:
         """Run the filters in order; the first reply wins, else the router answers."""

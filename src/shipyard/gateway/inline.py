@@ -2,10 +2,12 @@
 
 A Task per request costs more than the rest of a proxied request's bookkeeping together:
 creating it (and registering it in asyncio's weak set of all tasks), a loop iteration
-before its first step, and a scheduled wake-up per future it awaits. Each connection's
-answering coroutine is driven here instead: the first step runs at once (straight from
-the parser callback that completed the request), and each later step runs from the done
-callback of the future the coroutine is waiting on.
+before its first step, and a scheduled wake-up per future it awaits. The common request
+needs no coroutine at all (see ``server`` and ``filters.Chain.answer``); one that does
+(a JWT cache miss, a new upstream connection, retries, streaming) has its connection's
+answering coroutine driven here instead: the first step runs at once (straight from the
+callback that found it must wait), and each later step runs from the done callback of
+the future the coroutine is waiting on.
 
 What that gives up is a *current task*: ``asyncio.current_task()`` is ``None`` inside, so
 ``asyncio.timeout()`` and libraries built on it (redis-py, aiohttp's timeouts) must not be

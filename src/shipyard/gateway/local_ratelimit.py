@@ -51,7 +51,12 @@ class LocalRateLimitStore(MemoryRateLimitStore):
                     tokens = float(burst)
         if tokens + _EPSILON >= 1:
             tokens = tokens - 1.0 if tokens > 1.0 else 0.0
-            self._store(key, bucket, tokens, now, now + (burst - tokens) / rate)
+            if bucket is None:
+                self._insert(key, [tokens, now, now + (burst - tokens) / rate], now)
+            else:  # _store, inlined: this is every allowed request
+                bucket[0] = tokens
+                bucket[1] = now
+                bucket[2] = now + (burst - tokens) / rate
             return None
         return self._refuse(key, bucket, tokens, rate, burst, 1, now)
 

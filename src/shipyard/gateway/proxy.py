@@ -7,6 +7,14 @@ absolute-form target never picks where the gateway connects (no open proxy, no S
 Retries go to another instance, only for idempotent methods or requests that carry an
 ``Idempotency-Key``, only on connection failures or the service's ``retry_on`` codes, and
 only while the service's retry budget lasts (so retries cannot multiply an outage).
+
+``Proxy.answer_from_callbacks`` is the same request without a coroutine, for the common
+case (one static instance, no retries, a closed breaker, an idle pooled connection): it
+writes the request and returns; the connection tells the proxy (``upstream.Waiter``)
+when the response head is in, and the proxy hands the reply to the waiting client
+connection. The breaker counts the call exactly as its decorator would; a timeout or
+failure answers 504/502 as ``__call__`` does, and a pooled connection found closed
+resends on a fresh one, as ``_send`` does. Anything else takes ``__call__``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,15 @@ from collections.abc import Callable, Sequence
 from shipyard.core.clock import SYSTEM_CLOCK, Clock
 from shipyard.gateway.config import ServiceConfig
 from shipyard.gateway.errors import StaleConnectionError, UpstreamError, UpstreamTimeoutError
-from shipyard.gateway.filters import HOP_BY_HOP, Exchange, Header, Reply, local_reply
+from shipyard.gateway.filters import (
+    HOP_BY_HOP,
+    Exchange,
+    Header,
+    Pending,
+    Reply,
+    Responder,
+    local_reply,
+)
 from shipyard.gateway.upstream import (
     Address,
     RoundRobin,
@@ -50,6 +66,8 @@ _REGENERATED = frozenset(
 _RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 
 _HEAD_DROP = HOP_BY_HOP | {b"x-request-id"}
+
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -151,6 +169,21 @@ def _host_fields(host: bytes) -> tuple[bytes, bytes]:
     return b"\r\nx-forwarded-host: " + host, b';host="' + host.replace(b'"', b"") + b'"'
 
 
+_FORWARDING = (
+    b"x-forwarded-for: %b\r\nx-forwarded-proto: http%b\r\nforwarded: for=%b;proto=http%b"
+    b"\r\nx-request-id: "
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _forwarding(peer: str, host: bytes) -> bytes:
+    """The forwarding header lines for a client address and Host (no trusted XFF to
+    extend), up to the request id's value."""
+    xff, forwarded_for = _peer_fields(peer)
+    forwarded_host, forwarded_host_param = _host_fields(host)
+    return _FORWARDING % (xff, forwarded_host, forwarded_for, forwarded_host_param)
+
+
 class Proxy:
     """The router filter of one route: send, retry, relay or stream the response."""
 
@@ -169,6 +202,8 @@ class Proxy:
         self._retries = upstream.config.retries
         self._retry_on = upstream.config.retry_on
         self._attempt = upstream.breaker(self._send)
+        self._breaker = upstream.breaker
+        self._retries_possible = upstream.retry_budget is not None
         # Static instances: only the gateway's own futures are awaited. A resolver (e.g.
         # discovery over HTTP) may need a current task, so such routes get one.
         self.runs_inline = upstream.static is not None
@@ -185,17 +220,18 @@ class Proxy:
         return any(address in network for network in self._trusted)
 
     def _request_bytes(self, ex: Exchange, host_line: bytes) -> bytes:
-        path = ex.upstream_path
+        header_map = ex.header_map
+        query = ex.query
         parts = [
             ex.method,
             b" ",
-            path,
-            b"?" + ex.query if ex.query else b"",
+            ex.upstream_path,
+            b"?" + query if query else b"",
             b" HTTP/1.1\r\n",
             host_line,
         ]
         drop = self._drop
-        connection = ex.header_map.get(b"connection")
+        connection = header_map.get(b"connection")
         if connection is not None:
             # Headers the client named in Connection are hop-by-hop too (RFC 9110 7.6.1).
             drop = drop | {t.strip().lower() for t in connection.split(b",")}
@@ -203,20 +239,21 @@ class Proxy:
             if name not in drop:
                 parts += (name, b": ", value, b"\r\n")
         peer = ex.peer_ip
-        xff, forwarded_for = _peer_fields(peer)
-        previous = ex.header_map.get(b"x-forwarded-for")
+        previous = header_map.get(b"x-forwarded-for")
         if previous is not None and self._trusted_peer(peer):
-            xff = previous + b", " + xff
-        forwarded_host, forwarded_host_param = _host_fields(ex.host)
-        parts.append(
-            b"x-forwarded-for: %b\r\nx-forwarded-proto: http%b\r\nforwarded: for=%b;proto=http%b"
-            b"\r\nx-request-id: %b\r\n"
-            % (xff, forwarded_host, forwarded_for, forwarded_host_param, ex.request_id)
-        )
+            xff, forwarded_for = _peer_fields(peer)
+            forwarded_host, forwarded_host_param = _host_fields(ex.host)
+            parts.append(
+                _FORWARDING
+                % (previous + b", " + xff, forwarded_host, forwarded_for, forwarded_host_param)
+            )
+        else:
+            parts.append(_forwarding(peer, ex.host))
+        parts += (ex.request_id, b"\r\n")
         for name, value in ex.upstream_headers:
             parts += (name, b": ", value, b"\r\n")
         body = ex.body
-        if body or ex.method in (b"POST", b"PUT", b"PATCH"):
+        if body or ex.method in _BODY_METHODS:
             parts.append(b"content-length: %d\r\n" % len(body))
         parts += (b"\r\n", body)
         return b"".join(parts)
@@ -275,10 +312,10 @@ class Proxy:
             try:
                 conn = await self._attempt(instance, data, head_only)
             except UpstreamTimeoutError:
-                return local_reply(504, f"upstream {upstream.name!r} did not answer in time")
+                return self._timed_out()
             except UpstreamError as exc:
                 if last or not self._may_retry(budget):
-                    return local_reply(502, f"upstream {upstream.name!r} failed: {exc}")
+                    return self._failed(exc)
                 failed = instance
                 continue
             except CircuitOpenError as exc:
@@ -296,6 +333,76 @@ class Proxy:
                 continue
             return self._relay(conn)
         raise AssertionError("unreachable: the last attempt always returns")
+
+    def _timed_out(self) -> Reply:
+        return local_reply(504, f"upstream {self._upstream.name!r} did not answer in time")
+
+    def _failed(self, exc: Exception) -> Reply:
+        return local_reply(502, f"upstream {self._upstream.name!r} failed: {exc}")
+
+    # -- the callback path (see the module docstring)
+
+    def answer_from_callbacks(self, ex: Exchange, client: Responder) -> Reply | Pending | None:
+        """``__call__`` without a coroutine when the request is the common case: returns
+        None and later calls ``client.resume`` (or ``resume_later``); else the coroutine."""
+        only = self._only
+        if only is None or self._retries_possible:
+            return self(ex)
+        upstream = self._upstream
+        ticket = self._breaker.inline_ticket()
+        if ticket < 0:
+            return self(ex)  # open, half-open, timed or watched: the decorated path
+        instance, host_line, label = only
+        data = self._request_bytes(ex, host_line)
+        conn = upstream.pool.take_idle(instance.address, instance.port)
+        if conn is None:
+            return self(ex)  # a new connection is awaited
+        ex.service = upstream.name
+        ex.upstream = label
+        conn.caller = client
+        conn.ticket = ticket
+        conn.request = data
+        conn.start(data, self._timeout, ex.method == b"HEAD", self)
+        return None
+
+    def upstream_ready(self, conn: UpstreamConnection) -> None:
+        """The head is in: count a success (as the decorator does when ``_send``
+        returns) and hand the reply over."""
+        client: Responder = conn.caller
+        conn.caller = None
+        conn.request = b""
+        self._breaker.inline_complete(conn.ticket)
+        client.resume(self._relay(conn))
+
+    def upstream_failed(self, conn: UpstreamConnection, error: Exception) -> None:
+        """No head: 504/502 as ``__call__`` answers, or a resend as ``_send`` does."""
+        client: Responder = conn.caller
+        conn.caller = None
+        if isinstance(error, StaleConnectionError):
+            client.resume_later(self._resend(conn.key, conn.request, conn.head_only, conn.ticket))
+            return
+        self._breaker.inline_complete(conn.ticket, error)
+        client.resume(
+            self._timed_out() if isinstance(error, UpstreamTimeoutError) else self._failed(error)
+        )
+
+    async def _resend(
+        self, key: tuple[str, int], data: bytes, head_only: bool, ticket: int
+    ) -> Reply:
+        """The request on a fresh connection, within the same breaker call (``_send``)."""
+        try:
+            conn = await self._upstream.pool.send_fresh(
+                key[0], key[1], data, self._timeout, head_only
+            )
+        except BaseException as exc:
+            self._breaker.inline_complete(ticket, exc)
+            if isinstance(exc, UpstreamTimeoutError):
+                return self._timed_out()
+            if isinstance(exc, UpstreamError):
+                return self._failed(exc)
+            raise
+        self._breaker.inline_complete(ticket)
+        return self._relay(conn)
 
     def _may_retry(self, budget: RetryBudget | None) -> bool:
         if budget is None or budget.try_withdraw():

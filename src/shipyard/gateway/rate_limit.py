@@ -12,7 +12,7 @@ import time
 
 from shipyard.core.clock import SYSTEM_CLOCK, Clock
 from shipyard.gateway.config import RateLimitConfig
-from shipyard.gateway.filters import Exchange, Filter, Reply, local_reply
+from shipyard.gateway.filters import UNDECIDED, Decision, Exchange, Filter, Reply, local_reply
 from shipyard.gateway.local_ratelimit import LocalRateLimitStore
 from shipyard.resilience.ratelimit import RateLimitDecision, RateLimitStore, SyncRateLimitStore
 
@@ -58,7 +58,22 @@ class RateLimit(Filter):
 
     async def on_request(self, exchange: Exchange) -> Reply | None:
         """Take one token, or answer 429."""
+        decided = self.decide(exchange)
+        if decided is not UNDECIDED:
+            return decided
         config = self._config
+        decision = await self._store.token_bucket(
+            self._key(exchange), config.rate, config.burst, 1, self._now()
+        )
+        return None if decision.allowed else self._refuse(decision)
+
+    def decide(self, exchange: Exchange) -> Decision:
+        """``on_request`` without awaiting, for an in-process store (a shared one is
+        awaited by ``on_request``)."""
+        take = self._take
+        sync = self._sync
+        if take is None and sync is None:
+            return UNDECIDED
         consumer = exchange.consumer
         key = (
             self._consumer_scope + consumer
@@ -66,18 +81,18 @@ class RateLimit(Filter):
             else self._key(exchange)
         )
         decision: RateLimitDecision | None
-        if self._take is not None:
-            decision = self._take(key, self._rate, self._burst, self._now())
+        if take is not None:
+            decision = take(key, self._rate, self._burst, self._now())
             if decision is None:
                 return None
-        elif self._sync is not None:
-            decision = self._sync.token_bucket_sync(key, config.rate, config.burst, 1, self._now())
         else:
-            decision = await self._store.token_bucket(
-                key, config.rate, config.burst, 1, self._now()
-            )
+            assert sync is not None
+            decision = sync.token_bucket_sync(key, self._rate, self._burst, 1, self._now())
         if decision.allowed:
             return None
+        return self._refuse(decision)
+
+    def _refuse(self, decision: RateLimitDecision) -> Reply:
         self.rejected += 1
         return local_reply(
             429,

@@ -6,6 +6,14 @@ into an ``Exchange``, queued per connection (so pipelined responses keep their o
 answered with one ``transport.write``. Hardening lives here because it must happen before
 any route or filter sees the request: size limits (413/431), malformed HTTP (400, never
 forwarded), path normalisation, request ids and the real client IP.
+
+Answering is callback-driven: the connection starts its route's chain
+(``Chain.answer``) straight from the parser callback that completed the request. A
+reply decided at once is written at once; a proxied request is written upstream and the
+connection is resumed (``resume``) from the upstream connection's callback. Only what
+must wait on something else (a JWT cache miss, a shared rate-limit store, a fresh
+upstream connection, retries, streaming) runs as a coroutine, driven by ``InlineRun``
+(or in a Task when the chain does not run inline), and resumes the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from random import getrandbits as _random_bits
 from typing import cast
@@ -26,7 +34,7 @@ import httptools
 
 from shipyard.core.logging import get_logger
 from shipyard.gateway.config import Limits
-from shipyard.gateway.filters import Chain, Exchange, Reply, local_reply
+from shipyard.gateway.filters import Chain, Exchange, Pending, Reply, local_reply
 from shipyard.gateway.inline import InlineRun
 from shipyard.gateway.paths import BadPath, normalise_path, split_target
 from shipyard.gateway.routing import NoRoute, Router
@@ -41,6 +49,11 @@ Completion = Callable[[Exchange], None]
 _monotonic = time.monotonic
 _NONZERO_IDS = 1 | 1 << 128  # the first byte of the trace id and of the span id
 _hex = binascii.b2a_hex
+
+
+async def _ready(reply: Reply) -> Reply:
+    """A reply already in hand, as an awaitable (for ``_later``, which streams it)."""
+    return reply
 
 
 class _Reject(Exception):
@@ -132,14 +145,15 @@ class Listener:
     def route(self, ex: Exchange) -> tuple[Reply | None, Frontend | None, Chain | None]:
         """Find the frontend and chain for one request; a reply when the gateway answers
         itself (bad path, no route), else the chain to run (it is not run here)."""
-        supplied = ex.header_map.get(b"x-request-id")
+        header_map = ex.header_map
+        supplied = header_map.get(b"x-request-id")
         if supplied is not None and _REQUEST_ID.fullmatch(supplied):
             ex.request_id = supplied
         else:
             # A unique id: a random per-process prefix plus a counter (no syscall).
             self._id_counter += 1
             ex.request_id = self._id_prefix + b"%x" % self._id_counter
-        if b"traceparent" not in ex.header_map:
+        if b"traceparent" not in header_map:
             # The edge starts the trace when the client did not, so every hop behind the
             # gateway (and its access log) shares one trace id.
             # One draw for trace and span id, hex-encoded with the dash between them in one
@@ -147,8 +161,9 @@ class Listener:
             # being the invalid all-zero id.
             ids = (_random_bits(192) | _NONZERO_IDS).to_bytes(24, "little")
             traceparent = b"00-" + _hex(ids, b"-", -16) + b"-01"
-            ex.header_map[b"traceparent"] = traceparent
+            header_map[b"traceparent"] = traceparent
             ex.headers.append((b"traceparent", traceparent))
+            ex.trace_id = traceparent[3:35].decode("latin-1")
         if self.trusted:
             ex.client_ip = self.client_ip(ex)
         try:
@@ -158,7 +173,10 @@ class Listener:
         frontend = None
         for candidate in self.frontends:
             prefix = candidate.prefix
-            if not prefix or path == prefix or path.startswith(prefix + b"/"):
+            if not prefix:
+                frontend = candidate
+                break
+            if path == prefix or path.startswith(prefix + b"/"):
                 frontend = candidate
                 path = path[len(prefix) :] or b"/"
                 break
@@ -167,7 +185,7 @@ class Listener:
         ex.frontend = frontend.name
         ex.path = path
         try:
-            match = frontend.router.match(ex.method, path, ex.host, ex.header_map)
+            match = frontend.router.match(ex.method, path, ex.host, header_map)
         except NoRoute as miss:
             if miss.method_mismatch:
                 allow = b", ".join(sorted(miss.allowed))
@@ -204,9 +222,39 @@ class Listener:
 class HttpConnection(asyncio.Protocol):
     """One client connection: parse, queue, answer in order."""
 
+    # Slots: thousands of idle keep-alive connections each hold one of these.
+    __slots__ = (
+        "_body",
+        "_body_bytes",
+        "_busy",
+        "_chain",
+        "_closing",
+        "_ex",
+        "_frontend",
+        "_header_bytes",
+        "_headers",
+        "_in_request",
+        "_last",
+        "_limits",
+        "_listener",
+        "_loop",
+        "_max_header_bytes",
+        "_max_headers",
+        "_parser",
+        "_peer",
+        "_queue",
+        "_reject",
+        "_started",
+        "_streaming",
+        "_transport",
+        "_url",
+    )
+
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
         self._limits = listener.limits
+        self._max_header_bytes = self._limits.max_header_bytes
+        self._max_headers = self._limits.max_headers
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -224,6 +272,10 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._reject: _Reject | None = None
+        # The request being answered (one at a time; the rest wait in the queue).
+        self._ex: Exchange | None = None
+        self._frontend: Frontend | None = None
+        self._chain: Chain | None = None
 
     # -- asyncio.Protocol
 
@@ -278,18 +330,17 @@ class HttpConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
-        if self._header_bytes > self._limits.max_header_bytes:
+        if self._header_bytes > self._max_header_bytes:
             self._reject = _Reject(414, "request target too long")
             raise self._reject
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
+        size = self._header_bytes = self._header_bytes + len(name) + len(value) + 4
         headers = self._headers
-        limits = self._limits
-        if self._header_bytes > limits.max_header_bytes:
+        if size > self._max_header_bytes:
             self._reject = _Reject(431, "request headers too large")
             raise self._reject
-        if len(headers) >= limits.max_headers:
+        if len(headers) >= self._max_headers:
             self._reject = _Reject(431, "too many request headers")
             raise self._reject
         headers.append((name.lower(), value))
@@ -352,12 +403,27 @@ class HttpConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return  # pipelined after a request that closed the connection: never forwarded
-        self._queue.append(ex)
-        if not self._busy:
-            self._busy = True
-            InlineRun(self._drain(), self._loop)
-        elif len(self._queue) > 16:
-            transport.pause_reading()  # pipelining limit: finish some first
+        if self._busy:
+            self._queue.append(ex)
+            if len(self._queue) > 16:
+                transport.pause_reading()  # pipelining limit: finish some first
+            return
+        self._busy = True
+        try:
+            # _serve and _next, inlined: this is every request.
+            started = self._start(ex)
+            if started is not True:
+                pending = started or None
+            elif self._queue:
+                pending = self._next(None)
+            else:
+                self._busy = False
+                return
+            if pending is not None:
+                InlineRun(self._later(pending), self._loop)
+        except Exception:
+            _log.exception("gateway connection handler failed")
+            self._busy = False
 
     # -- answering
 
@@ -371,50 +437,156 @@ class HttpConnection(asyncio.Protocol):
         self._queue.append(local_reply(status, reason))
         if not self._busy:
             self._busy = True
-            InlineRun(self._drain(), self._loop)
+            self._serve()
 
-    async def _drain(self) -> None:
-        queue = self._queue
-        listener = self._listener
+    def _serve(self) -> None:
+        """Answer the queued requests; one that needs the coroutine path continues in
+        ``_later``. A failure is logged and frees the connection (as InlineRun does)."""
         try:
-            while queue:
+            pending = self._next(None)
+            if pending is not None:
+                InlineRun(self._later(pending), self._loop)
+        except Exception:
+            _log.exception("gateway connection handler failed")
+            self._busy = False
+
+    def _next(self, ex: Exchange | None) -> Awaitable[Reply] | None:
+        """Answer ``ex`` (if given), then queued requests in order, until one has to
+        wait: returns what to await when the coroutine path must answer it, None when
+        its router will call ``resume`` (or nothing is left, or the connection closed)."""
+        queue = self._queue
+        while True:
+            if ex is None:
+                if not queue:
+                    self._busy = False
+                    return None
                 item = queue.popleft()
                 if isinstance(item, Reply):
                     self._write(item, None, keep_alive=False)
                     self.close()
-                    return
+                    self._busy = False
+                    return None
                 ex = item
+            started = self._start(ex)
+            if started is not True:
+                return started or None
+            ex = None
+
+    def _start(self, ex: Exchange) -> bool | Awaitable[Reply]:
+        """Route ``ex`` and start its chain: True when it was answered and the connection
+        can go on, False when not (closed, or the router resumes it), else the
+        awaitable that gives its reply."""
+        try:
+            routed, frontend, chain = self._listener.route(ex)
+            if chain is None:
+                assert routed is not None
+                reply = routed
+            else:
+                self._ex = ex
+                self._frontend = frontend
+                self._chain = chain
+                answer = chain.answer(ex, self)
+                if answer is None:
+                    return False  # the router calls resume() when the reply is ready
+                if not isinstance(answer, Reply):
+                    return self._pending(answer)
+                reply = answer
+        except Exception:
+            _log.exception("gateway request failed", route=ex.route)
+            reply, frontend, chain = local_reply(500, "internal gateway error"), None, None
+        return self._finish(ex, reply, frontend, chain)
+
+    def _pending(self, pending: Pending) -> Awaitable[Reply]:
+        chain = self._chain
+        if chain is not None and not chain.runs_inline:
+            # A chain that may await task-bound code gets a Task of its own.
+            return asyncio.ensure_future(pending)
+        return pending
+
+    def _finish(
+        self, ex: Exchange, reply: Reply, frontend: Frontend | None, chain: Chain | None
+    ) -> bool | Awaitable[Reply]:
+        """Send ``reply`` and run the completion hooks (as ``_start`` returns; a reply
+        still streaming from upstream is handed to ``_later``)."""
+        if reply.stream is not None:
+            self._ex, self._frontend, self._chain = ex, frontend, chain
+            return _ready(reply)
+        keep_alive = ex.keep_alive and not (self._closing and not self._queue)
+        self._write(reply, ex, keep_alive)
+        return self._completed(ex, frontend, chain, keep_alive)
+
+    def _completed(
+        self, ex: Exchange, frontend: Frontend | None, chain: Chain | None, keep_alive: bool
+    ) -> bool:
+        """Run the completion hooks: True when the connection goes on (not closed)."""
+        if chain is not None:
+            for chain_complete in chain.completions:
+                chain_complete(ex)
+        if frontend is not None:
+            for frontend_complete in frontend.completions:
+                frontend_complete(ex)
+        # Answered: an idle keep-alive connection must not hold on to the request.
+        self._ex = self._frontend = self._chain = None
+        if not keep_alive:
+            self.close()
+            self._busy = False
+            return False
+        if len(self._queue) == 8 and self._transport is not None:
+            self._transport.resume_reading()
+        return True
+
+    async def _later(self, pending: Awaitable[Reply]) -> None:
+        """The coroutine path: await the reply of the request in progress, send (or
+        stream) it, and go on with the queue as ``_next`` does, awaiting here whatever
+        else needs awaiting (so a run of such requests does not nest)."""
+        try:
+            while True:
+                ex, frontend, chain = self._ex, self._frontend, self._chain
+                assert ex is not None
                 try:
-                    routed, frontend, chain = listener.route(ex)
-                    if chain is None:
-                        assert routed is not None
-                        reply = routed
-                    elif chain.runs_inline:
-                        reply = await chain.handle(ex)
-                    else:
-                        # A chain that may await task-bound code gets a Task of its own.
-                        reply = await asyncio.ensure_future(chain.handle(ex))
+                    reply = await pending
                 except Exception:
                     _log.exception("gateway request failed", route=ex.route)
                     reply, frontend, chain = local_reply(500, "internal gateway error"), None, None
-                keep_alive = ex.keep_alive and not (self._closing and not queue)
+                keep_alive = ex.keep_alive and not (self._closing and not self._queue)
                 if reply.stream is not None:
                     keep_alive = await self._stream(ex, reply, keep_alive)
                 else:
                     self._write(reply, ex, keep_alive)
-                if chain is not None:
-                    for chain_complete in chain.completions:
-                        chain_complete(ex)
-                if frontend is not None:
-                    for frontend_complete in frontend.completions:
-                        frontend_complete(ex)
-                if not keep_alive:
-                    self.close()
+                if not self._completed(ex, frontend, chain, keep_alive):
                     return
-                if len(queue) == 8 and self._transport is not None:
-                    self._transport.resume_reading()
-        finally:
+                following = self._next(None)
+                if following is None:
+                    return
+                pending = following
+        except BaseException:
             self._busy = False
+            raise
+
+    # -- Responder: how a router answering from callbacks hands the reply back
+
+    def resume(self, reply: Reply) -> None:
+        """The reply to the request in progress is ready (called once per request)."""
+        ex = self._ex
+        assert ex is not None
+        try:
+            finished = self._finish(ex, reply, self._frontend, self._chain)
+            if finished is True:
+                if not self._queue:
+                    self._busy = False
+                    return
+                pending = self._next(None)
+            else:
+                pending = finished or None
+            if pending is not None:
+                InlineRun(self._later(pending), self._loop)
+        except Exception:
+            _log.exception("gateway connection handler failed")
+            self._busy = False
+
+    def resume_later(self, pending: Pending) -> None:
+        """The reply to the request in progress needs the coroutine path: run it."""
+        InlineRun(self._later(self._pending(pending)), self._loop)
 
     def _head(self, reply: Reply, ex: Exchange | None, keep_alive: bool) -> list[bytes]:
         parts = [_STATUS_LINES.get(reply.status) or f"HTTP/1.1 {reply.status} \r\n".encode()]
@@ -435,16 +607,17 @@ class HttpConnection(asyncio.Protocol):
         body = reply.body
         if ex is not None and keep_alive and ex.version == "1.1" and ex.method != b"HEAD":
             # The usual answer, in one go (what _head() and the rest below would build).
-            parts = [_STATUS_LINES.get(reply.status) or b"HTTP/1.1 %d \r\n" % reply.status]
+            status = reply.status
+            parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
             for name, value in reply.headers:
                 parts += (name, b": ", value, b"\r\n")
-            parts.append(
-                b"x-request-id: %b\r\ncontent-length: %d\r\n\r\n" % (ex.request_id, len(body))
+            parts += (
+                b"x-request-id: %b\r\ncontent-length: %d\r\n\r\n" % (ex.request_id, len(body)),
+                body,
             )
-            parts.append(body)
             data = b"".join(parts)
             transport.write(data)
-            ex.status = reply.status
+            ex.status = status
             ex.bytes_sent = len(data)
             return
         parts = self._head(reply, ex, keep_alive)

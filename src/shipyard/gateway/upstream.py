@@ -2,7 +2,10 @@
 
 The client works at the ``asyncio.Protocol`` level with httptools' response parser: no
 streams, no per-request objects beyond a future, and connections are reused across
-requests (and across routes that target the same instance).
+requests (and across routes that target the same instance). A caller driven by callbacks
+(the proxy's fast path) passes a ``Waiter`` to ``UpstreamConnection.start`` instead and
+gets no future at all: it is told, once, when the response head has arrived or the
+request failed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -72,28 +75,44 @@ def _same(a: Address, b: Address) -> bool:
     return a.address == b.address and a.port == b.port
 
 
+class Waiter(Protocol):
+    """Told what became of a request sent with ``UpstreamConnection.start`` (once)."""
+
+    def upstream_ready(self, conn: UpstreamConnection) -> None:
+        """The response head has arrived (the body too when ``conn.complete``; else it is
+        still coming and ``conn.wait_done()`` gives its end)."""
+
+    def upstream_failed(self, conn: UpstreamConnection, error: Exception) -> None:
+        """No response head: ``StaleConnectionError`` (never reached the upstream),
+        ``UpstreamTimeoutError`` or ``UpstreamError``. The connection is closed."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream; one request at a time."""
 
     __slots__ = (
         "_deadline",
         "_pool",
+        "caller",
         "chunks",
         "complete",
         "done",
-        "framed",
         "head",
         "head_only",
+        "headed",
         "headers",
         "keep_alive",
         "key",
         "open",
         "parser",
         "received",
+        "request",
         "reused",
         "sink",
         "status",
+        "ticket",
         "transport",
+        "waiter",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -110,7 +129,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = True
         self.head_only = False
-        self.framed = False
         self.sink: Callable[[bytes], None] | None = None
         self._deadline = 0
         """The tick of the pending deadline in the pool's ``Deadlines`` (0: none)."""
@@ -118,6 +136,15 @@ class UpstreamConnection(asyncio.Protocol):
         """Taken from the idle pool (so the upstream may have closed it meanwhile)."""
         self.received = False
         """Any byte of the current response has arrived."""
+        self.headed = False
+        """The current response's head has arrived."""
+        self.waiter: Waiter | None = None
+        """Who ``start`` tells about the response head (cleared once told)."""
+        self.caller: Any = None
+        self.ticket = 0
+        self.request = b""
+        """The waiter's own per-request state (who asked, its breaker ticket, the bytes
+        sent): kept here so a callback-driven request needs no object of its own."""
 
     # -- asyncio.Protocol
 
@@ -134,19 +161,38 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self._fail(UpstreamError("upstream sent malformed HTTP"))
+            return
+        waiter = self.waiter
+        if waiter is not None and self.headed:
+            # Told here, after the parser returned, never from inside its callbacks: the
+            # waiter may release this connection and the next request may reuse it.
+            self.waiter = None
+            if self.complete:
+                waiter.upstream_ready(self)
+            else:
+                # One loop turn first, as a future's callback would get: a body arriving
+                # right behind its head is still relayed whole rather than streamed.
+                self._pool.loop.call_soon(waiter.upstream_ready, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
-        if self.head is not None and not self.head.done():
+        waiter = self.waiter
+        if (self.head is not None and not self.head.done()) or waiter is not None:
             self._cancel_timer()
             # A reused connection closed before any byte of the answer came back: the
             # upstream closed it idle, as we wrote. It never processed the request.
-            self.head.set_exception(
+            error = (
                 StaleConnectionError("upstream closed an idle connection as it was reused")
                 if self.reused and not self.received
                 else UpstreamError("upstream closed the connection")
             )
-        elif not self.complete and not self.framed and self.head is not None:
+            if waiter is not None:
+                self.waiter = None
+                waiter.upstream_failed(self, error)
+            else:
+                assert self.head is not None
+                self.head.set_exception(error)
+        elif not self.complete and self.headed and not self._framed():
             # A response without Content-Length or chunking ends when the connection does.
             self.on_message_complete()
         elif not self.complete and self.done is not None and not self.done.done():
@@ -155,16 +201,21 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name in (b"content-length", b"transfer-encoding"):
-            self.framed = True
-        self.headers.append((name, value))
+        self.headers.append((name.lower(), value))
+
+    def _framed(self) -> bool:
+        """The response says where it ends (a length, chunking, or a status without a
+        body); otherwise it ends when the connection does. Asked only then."""
+        status = self.status
+        if status in (204, 304) or 100 <= status < 200:
+            return True
+        return any(n in (b"content-length", b"transfer-encoding") for n, _ in self.headers)
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()
-        if self.status in (204, 304) or 100 <= self.status < 200:
-            self.framed = True
+        self.headed = True
+        parser = self.parser
+        self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
         if self.head_only:
             # httptools cannot be told a response to HEAD has no body, so the connection
             # is not reused (its parser would wait for Content-Length bytes).
@@ -181,7 +232,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
-        self._cancel_timer()
+        if self._deadline:  # _cancel_timer, inlined: this is every response
+            self._pool.deadlines.remove(self, self._deadline)
+            self._deadline = 0
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
 
@@ -189,20 +242,30 @@ class UpstreamConnection(asyncio.Protocol):
 
     def send(self, data: bytes, timeout: float, head_only: bool) -> asyncio.Future[None]:
         """Write one request; the future resolves when the response head has arrived."""
+        self.head = head = self._pool.loop.create_future()
+        self.waiter = None
+        self._write(data, timeout, head_only)
+        return head
+
+    def start(self, data: bytes, timeout: float, head_only: bool, waiter: Waiter) -> None:
+        """``send`` without a future: ``waiter`` is told when the head has arrived or the
+        request failed (timeouts included)."""
+        self.head = None
+        self.waiter = waiter
+        self._write(data, timeout, head_only)
+
+    def _write(self, data: bytes, timeout: float, head_only: bool) -> None:
         assert self.transport is not None
-        loop = self._pool.loop
-        self.head = loop.create_future()
         self.done = None
         self.headers = []
         self.chunks = []
         self.complete = False
-        self.framed = False
+        self.headed = False
         self.sink = None
         self.received = False
         self.head_only = head_only
         self._deadline = self._pool.deadlines.add(self, timeout)
         self.transport.write(data)
-        return self.head
 
     def wait_done(self) -> asyncio.Future[None]:
         """A future for the end of the response body (for streaming)."""
@@ -248,6 +311,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.open = False
         if self.transport is not None:
             self.transport.abort()
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.upstream_failed(self, error)
 
 
 class UpstreamPool:

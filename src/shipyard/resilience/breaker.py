@@ -423,6 +423,26 @@ class CircuitBreaker(Policy):
         ):
             self._transition(_OPEN, now)
 
+    # -- callback-driven callers ----------------------------------------------------------
+
+    def inline_ticket(self) -> int:
+        """Admit one call the caller completes from callbacks (no coroutine to wrap, e.g.
+        the gateway's fast path), the way the decorator's closed-state path admits it: the
+        ticket to pass to ``inline_complete``, or ``-1`` when the breaker is not closed and
+        lean (then use the decorated or ``call`` path, which rejects or times calls).
+
+        For event-loop code only: like that async path, it takes no lock."""
+        return self._gen if self._fast else -1
+
+    def inline_complete(self, ticket: int, exc: BaseException | None = None) -> None:
+        """Count a call admitted by ``inline_ticket``: exactly what the decorator's
+        closed-state path records for a success or for ``exc``."""
+        now = self._now
+        if exc is not None:
+            self._complete(ticket, now(), 0.0, exc)
+        elif self._gen == ticket and self._window.record_success(now()):
+            self._check_window(now())
+
     # -- Policy hooks -----------------------------------------------------------------------
 
     async def _run_async(
