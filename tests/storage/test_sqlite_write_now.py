@@ -81,11 +81,11 @@ async def test_nothing_runs_while_a_transaction_is_open(db: SqliteDatabase) -> N
 
 
 async def test_nothing_runs_while_the_writer_thread_is_busy(db: SqliteDatabase) -> None:
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     def slow(conn: sqlite3.Connection) -> None:
         started.set()
-        time.sleep(0.2)
+        release.wait(timeout=30)  # held on the thread until the test lets it go
         conn.execute("INSERT INTO items (name) VALUES ('slow')")
 
     pending = asyncio.ensure_future(db.write(slow))
@@ -93,6 +93,7 @@ async def test_nothing_runs_while_the_writer_thread_is_busy(db: SqliteDatabase) 
     assert db.write_now(insert("now")) is False  # type: ignore[arg-type]
     await asyncio.get_running_loop().run_in_executor(None, started.wait)
     assert db.write_now(insert("now")) is False  # type: ignore[arg-type]
+    release.set()
     await pending
     assert db.write_now(insert("later")) is True  # type: ignore[arg-type]
     assert await names(db) == ["slow", "later"]
@@ -131,9 +132,9 @@ async def test_a_full_pool_means_no_write(tmp_path: Path) -> None:
         await db.close()
 
 
-def slow_insert(name: str, seconds: float) -> object:
+def slow_insert(name: str, seconds: float, timer: list[float]) -> object:
     def write(conn: sqlite3.Connection) -> None:
-        time.sleep(seconds)  # a slow fsync, as the loop sees it
+        timer[0] += seconds  # a slow fsync, as the commit timer sees it
         conn.execute("INSERT INTO items (name) VALUES (?)", (name,))
 
     return write
@@ -142,15 +143,16 @@ def slow_insert(name: str, seconds: float) -> object:
 async def test_one_slow_commit_keeps_the_loop_path_but_slow_commits_leave_it_for_a_while(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = [1000.0]
+    clock, timer = [1000.0], [0.0]
     monkeypatch.setattr(sqlite_module, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(sqlite_module, "_perf_counter", lambda: timer[0])
     db = await _open(tmp_path / "slow-disk.db", inline_write_budget=0.02)
     try:
         # One commit over the budget is a blip: the next write still runs here.
-        assert db.write_now(slow_insert("blip", 0.05)) is True  # type: ignore[arg-type]
+        assert db.write_now(slow_insert("blip", 0.05, timer)) is True  # type: ignore[arg-type]
         assert db.write_now(insert("fast")) is True  # type: ignore[arg-type]
         # A disk that stays slow: writes go to the thread ...
-        done = [db.write_now(slow_insert(f"slow{n}", 0.05)) for n in range(12)]  # type: ignore[arg-type]
+        done = [db.write_now(slow_insert(f"slow{n}", 0.05, timer)) for n in range(12)]  # type: ignore[arg-type]
         assert False in done
         assert db.write_now(insert("waits")) is False  # type: ignore[arg-type]
         await db.write(insert("via thread"))  # type: ignore[arg-type]
